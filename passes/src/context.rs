@@ -1,0 +1,81 @@
+//! What a pass sees besides the model: the target, the rewrite budget and the explanation log.
+//! Calibration data and the cost model join here.
+
+use optc_cost::Target;
+
+/// A global limit on rewrites, so a miscompile can be bisected (`--max-rewrites N`).
+#[derive(Clone, Debug, Default)]
+pub struct Budget {
+    limit: Option<usize>,
+    used: usize,
+}
+
+impl Budget {
+    pub fn unlimited() -> Budget {
+        Budget::default()
+    }
+    pub fn limited(n: usize) -> Budget {
+        Budget {
+            limit: Some(n),
+            used: 0,
+        }
+    }
+    /// Takes one rewrite from the budget; false when it is spent (the pass must then stop).
+    pub fn take(&mut self) -> bool {
+        match self.limit {
+            Some(l) if self.used >= l => false,
+            _ => {
+                self.used += 1;
+                true
+            }
+        }
+    }
+    pub fn used(&self) -> usize {
+        self.used
+    }
+    pub fn exhausted(&self) -> bool {
+        matches!(self.limit, Some(l) if self.used >= l)
+    }
+}
+
+pub struct PassContext {
+    pub target: Target,
+    pub budget: Budget,
+    /// Collect `--explain` lines.
+    pub explain: bool,
+    explanations: Vec<(String, String)>,
+    current_pass: String,
+}
+
+impl PassContext {
+    pub fn new(target: Target) -> PassContext {
+        PassContext {
+            target,
+            budget: Budget::unlimited(),
+            explain: false,
+            explanations: Vec::new(),
+            current_pass: String::new(),
+        }
+    }
+
+    /// Asks to apply one rewrite; false when the budget is spent.
+    pub fn rewrite(&mut self) -> bool {
+        self.budget.take()
+    }
+
+    /// Records why a rewrite did or did not fire (shown with `--explain`).
+    pub fn note(&mut self, message: impl FnOnce() -> String) {
+        if self.explain {
+            self.explanations
+                .push((self.current_pass.clone(), message()));
+        }
+    }
+
+    pub fn explanations(&self) -> &[(String, String)] {
+        &self.explanations
+    }
+
+    pub(crate) fn enter(&mut self, pass: &str) {
+        self.current_pass = pass.to_string();
+    }
+}

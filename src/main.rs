@@ -1,0 +1,248 @@
+//! The `optc` command line.
+
+mod inspect;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use optc::backends::{ExternalData, SaveOptions};
+use optc::passes::{Budget, PassContext, PassManager, PassRegistry};
+use optc::{Model, Target};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "optc",
+    version,
+    about = "A compiler-style optimiser for neural-network models: ONNX in, passes, ONNX out.",
+    long_about = "optc reads an ONNX model, lifts it into its graph IR, runs a pipeline of passes and \
+writes ONNX again.\n\nExamples:\n  optc inspect model.onnx\n  optc opt model.onnx -p dce,identity,shape-fold -o model.opt.onnx\n  \
+optc opt model.onnx -p 'fixpoint(identity,dce)' --verify-each --time-passes -o out.onnx\n  optc passes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Optimise a model with a pipeline of passes and write the result.
+    #[command(
+        long_about = "Optimise a model with a pipeline of passes and write the result.\n\n\
+The pipeline is a comma-separated list of passes, each with optional key=value options:\n  \
+-p dce,identity\n  -p 'shape-fold,fixpoint(identity,dce,max_iter=5)'\n  -p ''   (no passes: a lossless round trip)\n\
+Run `optc passes` for every pass, its options and its exactness."
+    )]
+    Opt(OptArgs),
+    /// Show what is in a model: opsets, op histogram, parameters, inputs and outputs, subgraphs.
+    Inspect(InspectArgs),
+    /// List every registered pass with its options and exactness.
+    Passes,
+}
+
+#[derive(Args)]
+struct OptArgs {
+    /// The input model (.onnx).
+    input: PathBuf,
+    /// The pipeline, e.g. `dce,identity,shape-fold` (empty: round trip only).
+    #[arg(short = 'p', long = "pipeline", default_value = "")]
+    pipeline: String,
+    /// Where to write the optimised model.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// The device to optimise for (built-in name or target file).
+    #[arg(long, default_value = "cpu")]
+    target: String,
+    /// Where tensor data goes: `auto` keeps external data external and moves tensors out past
+    /// 2 GiB; `always` moves every tensor of 1 KiB or more out; `never` keeps all inline.
+    #[arg(long = "external-data", default_value = "auto", value_parser = parse_external)]
+    external_data: ExternalData,
+    /// Run the IR verifier after every pass and name the pass that broke an invariant.
+    #[arg(long)]
+    verify_each: bool,
+    /// Print a timing table: load, each pass, save.
+    #[arg(long)]
+    time_passes: bool,
+    /// Stop rewriting after N rewrites in total (bisects a miscompile to one rewrite).
+    #[arg(long, value_name = "N")]
+    max_rewrites: Option<usize>,
+    /// Print why each rewrite fired or did not.
+    #[arg(long)]
+    explain: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_external(s: &str) -> Result<ExternalData, String> {
+    s.parse()
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The model (.onnx).
+    input: PathBuf,
+    /// Print the whole IR as text.
+    #[arg(long)]
+    ir: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Opt(a) => cmd_opt(a),
+        Command::Inspect(a) => cmd_inspect(a),
+        Command::Passes => cmd_passes(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<optc::Error>()
+                .map(|e| e.exit_code())
+                .unwrap_or(1);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn target(name: &str) -> Result<Target, optc::Error> {
+    Ok(Target::builtin(name)?)
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Bytes of a model on disk, its external data files included.
+fn model_disk_size(path: &Path, m: &optc::ir::Model) -> u64 {
+    let mut files = std::collections::BTreeSet::new();
+    inspect::external_files(&m.graph, &mut files);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    file_size(path) + files.iter().map(|f| file_size(&dir.join(f))).sum::<u64>()
+}
+
+fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
+    let target = target(&a.target)?;
+    let manager = {
+        let mut m = PassManager::new(PassRegistry::with_builtins());
+        m.verify_each = a.verify_each;
+        m
+    };
+    // Check the pipeline before reading a possibly large model.
+    let exactness = manager.check(&a.pipeline).map_err(optc::Error::from)?;
+    let t0 = Instant::now();
+    let mut model = Model::load(&a.input)?;
+    let load_time = t0.elapsed();
+    let before = inspect::Stats::of(model.ir(), model_disk_size(&a.input, model.ir()));
+    let mut cx = PassContext::new(target.clone());
+    cx.explain = a.explain;
+    if let Some(n) = a.max_rewrites {
+        cx.budget = Budget::limited(n);
+    }
+    let t1 = Instant::now();
+    let report = model.run_with(&manager, &a.pipeline, &mut cx)?;
+    let pass_time = t1.elapsed();
+    let t2 = Instant::now();
+    let opts = SaveOptions {
+        external: a.external_data,
+        ..SaveOptions::default()
+    };
+    let saved = model
+        .save_with(&a.output, &opts)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    let save_time = t2.elapsed();
+    let after_size = saved.model_bytes + saved.external.as_ref().map(|e| e.1).unwrap_or(0);
+    let after = inspect::Stats::of(model.ir(), after_size);
+    if a.explain {
+        for (pass, line) in cx.explanations() {
+            println!("[{pass}] {line}");
+        }
+    }
+    if !a.quiet {
+        let pipeline = if a.pipeline.trim().is_empty() {
+            "(none)"
+        } else {
+            a.pipeline.as_str()
+        };
+        println!(
+            "optc opt: {} -> {}  pipeline: {pipeline}  target: {}  exactness: {exactness}",
+            a.input.display(),
+            a.output.display(),
+            target.name
+        );
+        print!("{}", inspect::summary_table(&before, &after));
+        if !report.runs.is_empty() {
+            println!(
+                "{:<32} {:>10} {:>9} {:>16}",
+                "pass", "time", "rewrites", "nodes"
+            );
+            for r in &report.runs {
+                println!(
+                    "{:<32} {:>10} {:>9} {:>16}",
+                    r.label,
+                    inspect::fmt_duration(r.time),
+                    r.rewrites,
+                    format!("{} -> {}", r.nodes_before, r.nodes_after)
+                );
+            }
+        }
+        if report.budget_exhausted {
+            println!(
+                "rewrite budget of {} reached: later rewrites were skipped",
+                a.max_rewrites.unwrap_or(0)
+            );
+        }
+        if let Some((p, n)) = &saved.external {
+            println!(
+                "external data: {} ({})",
+                p.display(),
+                inspect::fmt_bytes(*n)
+            );
+        }
+        if a.time_passes {
+            println!(
+                "time: load {}, passes {}, save {}, total {}",
+                inspect::fmt_duration(load_time),
+                inspect::fmt_duration(pass_time),
+                inspect::fmt_duration(save_time),
+                inspect::fmt_duration(t0.elapsed())
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let model = Model::load(&a.input)?;
+    if a.ir {
+        print!("{}", optc::ir::text::model_to_text(model.ir()));
+    } else {
+        print!(
+            "{}",
+            inspect::describe(model.ir(), &a.input, model_disk_size(&a.input, model.ir()))
+        );
+    }
+    Ok(())
+}
+
+fn cmd_passes() -> anyhow::Result<()> {
+    let r = PassRegistry::with_builtins();
+    println!("Passes (use them in -p, e.g. -p dce,identity; options as name(key=value)):\n");
+    for p in r.passes() {
+        println!("  {:<14} {}", p.name(), p.description());
+        println!("  {:<14} exactness: {}", "", p.exactness());
+        for o in p.options() {
+            println!("  {:<14} option {}={} ({})", "", o.name, o.default, o.help);
+        }
+    }
+    println!("\nCombinators:\n");
+    println!(
+        "  {:<14} run the listed passes again until none of them changes anything",
+        "fixpoint(...)"
+    );
+    println!("  {:<14} option max_iter=10", "");
+    Ok(())
+}
