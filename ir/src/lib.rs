@@ -11,6 +11,7 @@ mod attr;
 mod dtype;
 mod error;
 mod graph;
+pub mod infer;
 mod model;
 mod op;
 mod raw;

@@ -4,8 +4,9 @@
 //! a graph output, its input takes over the output's name (if nothing else needs that input's
 //! name); otherwise the node stays and `--explain` says why.
 
-use crate::util::{const_ints, elem_type, forward_output};
+use crate::util::{const_ints, forward_output};
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
+use optc_ir::infer::{self, Facts};
 use optc_ir::{AttrList, DimValue, Graph, Model, NodeId, Op, ValueId};
 
 pub struct IdentityElim;
@@ -36,12 +37,13 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
         Ok(o) => o,
         Err(_) => return 0,
     };
+    let facts = infer::infer(g, opset);
     let mut n_rewrites = 0;
     for n in order {
         if !g.contains_node(n) {
             continue;
         }
-        let Some(src) = passthrough(g, n, opset) else {
+        let Some(src) = passthrough(g, n, opset, &facts) else {
             continue;
         };
         let out = match g.node(n).output(0) {
@@ -49,7 +51,7 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
             None => continue,
         };
         // The replacement must have the same type where both are known.
-        if let (Some(a), Some(b)) = (elem_type(g, src), elem_type(g, out)) {
+        if let (Some(a), Some(b)) = (facts.elem(src), facts.elem(out)) {
             if a != b {
                 continue;
             }
@@ -71,7 +73,7 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
 }
 
 /// The input a node passes through unchanged, if it is a no-op.
-fn passthrough(g: &Graph, n: NodeId, opset: i64) -> Option<ValueId> {
+fn passthrough(g: &Graph, n: NodeId, opset: i64, facts: &Facts) -> Option<ValueId> {
     let node = g.node(n);
     let x = node.input(0)?;
     // Other outputs must be absent or unused.
@@ -109,9 +111,9 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64) -> Option<ValueId> {
         }
         Op::Cast => {
             let to = node.attrs.get_int("to")?;
-            (elem_type(g, x)?.onnx_code() as i64 == to).then_some(x)
+            (facts.elem(x)?.onnx_code() as i64 == to).then_some(x)
         }
-        Op::CastLike => (elem_type(g, x)? == elem_type(g, node.input(1)?)?).then_some(x),
+        Op::CastLike => (facts.elem(x)? == facts.elem(node.input(1)?)?).then_some(x),
         Op::Transpose => {
             let perm = node.attrs.get_ints("perm");
             match perm {
@@ -133,7 +135,7 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64) -> Option<ValueId> {
             Some(x)
         }
         Op::Reshape => {
-            let target = const_ints(g, node.input(1)?)?;
+            let target = facts.values.get(&node.input(1)?)?.known()?;
             let dims = shape?;
             if dims.len() != target.len() {
                 return None;
@@ -151,7 +153,7 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64) -> Option<ValueId> {
             (free <= 1).then_some(x)
         }
         Op::Expand => {
-            let s = const_ints(g, node.input(1)?)?;
+            let s = facts.values.get(&node.input(1)?)?.known()?;
             let dims = shape?;
             if s.len() > dims.len() {
                 return None;

@@ -14,6 +14,7 @@ mod registry;
 
 pub mod dce;
 pub mod identity;
+pub mod shape_fold;
 pub mod util;
 
 pub use context::{Budget, PassContext};

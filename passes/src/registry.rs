@@ -26,6 +26,7 @@ impl PassRegistry {
         let mut r = PassRegistry::empty();
         r.register(crate::dce::Dce);
         r.register(crate::identity::IdentityElim);
+        r.register(crate::shape_fold::ShapeFold);
         r
     }
 
