@@ -46,6 +46,8 @@ pub use optc_frontends as frontends;
 pub use optc_ir as ir;
 pub use optc_passes as passes;
 
+pub mod zoo;
+
 use optc_backends::{SaveOptions, SaveReport};
 use optc_frontends::LoadOptions;
 use optc_passes::{PassContext, PassManager, PassRegistry, PipelineReport};

@@ -39,6 +39,23 @@ Run `optc passes` for every pass, its options and its exactness."
     Inspect(InspectArgs),
     /// List every registered pass with its options and exactness.
     Passes,
+    /// Write a seeded synthetic model (for examples, tests and benchmarks).
+    Gen(GenArgs),
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Which model (`optc gen --list` shows them).
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// Where to write it.
+    #[arg(short = 'o', long = "output", required_unless_present = "list")]
+    output: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// List the generators.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Args)]
@@ -94,6 +111,7 @@ fn main() -> ExitCode {
         Command::Opt(a) => cmd_opt(a),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Passes => cmd_passes(),
+        Command::Gen(a) => cmd_gen(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -244,5 +262,26 @@ fn cmd_passes() -> anyhow::Result<()> {
         "fixpoint(...)"
     );
     println!("  {:<14} option max_iter=10", "");
+    Ok(())
+}
+
+fn cmd_gen(a: GenArgs) -> anyhow::Result<()> {
+    if a.list {
+        for (name, about) in optc::zoo::MODELS {
+            println!("{name:<12} {about}");
+        }
+        return Ok(());
+    }
+    let (Some(name), Some(out)) = (a.name, a.output) else {
+        anyhow::bail!("give a model name and -o OUT")
+    };
+    let model = optc::zoo::build(&name, a.seed).map_err(|e| anyhow::anyhow!(e))?;
+    let model = Model::from_ir(model);
+    model.save(&out)?;
+    println!(
+        "wrote {} ({})",
+        out.display(),
+        inspect::fmt_bytes(file_size(&out))
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! the IR for people and golden tests.
 
 mod attr;
+pub mod builder;
 mod dtype;
 mod error;
 mod graph;

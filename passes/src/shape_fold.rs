@@ -4,8 +4,9 @@
 //! stay symbolic: `Gather(Shape(x), 1)` folds when dim 1 of `x` is known, even if dim 0 is `batch`.
 
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
+use optc_ir::infer::Facts;
 use optc_ir::infer::{self, MAX_TRACKED};
-use optc_ir::{Graph, Init, Model, Op};
+use optc_ir::{AttrList, DType, DimValue, Graph, Init, Model, NodeId, Op, Tensor};
 
 pub struct ShapeFold;
 
@@ -69,6 +70,33 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
     };
     let mut folded = 0;
     for n in order {
+        if g.node(n).op == Op::Reshape {
+            if let Some(target) = reshape_target(g, n, &facts) {
+                if !cx.rewrite() {
+                    break;
+                }
+                let display = g.node(n).display_name();
+                let name = g.fresh_name(&format!("{display}_shape"));
+                let raw: Vec<u8> = target.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let t = Tensor::from_raw(
+                    Some(name.clone()),
+                    DType::I64,
+                    vec![target.len() as i64],
+                    raw.into(),
+                );
+                let Ok(v) = g.add_initializer(name, t) else {
+                    continue;
+                };
+                cx.note(|| {
+                    format!(
+                        "Reshape '{display}': computed target shape replaced by constant {target:?}"
+                    )
+                });
+                g.set_input(n, 1, Some(v));
+                folded += 1;
+            }
+            continue;
+        }
         let node = g.node(n);
         if !foldable(&node.op) || node.outputs().len() != 1 {
             continue;
@@ -124,4 +152,34 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
         folded += 1;
     }
     folded
+}
+
+/// A constant target for a Reshape whose target is computed: known entries stay, entries equal
+/// to the input's own (symbolic) dim at the same position become 0 ("copy"). `None` when the
+/// target is already constant or cannot be expressed.
+fn reshape_target(g: &Graph, n: NodeId, facts: &Facts) -> Option<Vec<i64>> {
+    let node = g.node(n);
+    let t = node.input(1)?;
+    if g.const_tensor(t).is_some() || node.attrs.get_int("allowzero").unwrap_or(0) != 0 {
+        return None;
+    }
+    let target = facts.values.get(&t)?;
+    let input_shape = facts.shape(node.input(0)?);
+    let mut out = Vec::with_capacity(target.data.len());
+    for (i, d) in target.data.iter().enumerate() {
+        out.push(match d {
+            DimValue::Known(k) => *k,
+            sym @ DimValue::Sym(_) => {
+                let same = input_shape
+                    .and_then(|s| s.get(i))
+                    .is_some_and(|dim| &dim.value == sym);
+                if !same {
+                    return None;
+                }
+                0
+            }
+            DimValue::Unknown => return None,
+        });
+    }
+    Some(out)
 }
