@@ -34,11 +34,7 @@ pub fn fmt_count(n: u64) -> String {
 
 pub fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s >= 1.0 {
-        format!("{s:.2} s")
-    } else {
-        format!("{:.2} ms", s * 1e3)
-    }
+    if s >= 1.0 { format!("{s:.2} s") } else { format!("{:.2} ms", s * 1e3) }
 }
 
 pub struct Stats {
@@ -62,42 +58,19 @@ impl Stats {
 pub fn summary_table(b: &Stats, a: &Stats) -> String {
     let mut s = String::new();
     let change = |x: u64, y: u64| {
-        if x == 0 {
-            "".to_string()
-        } else {
-            format!("{:+.1}%", (y as f64 - x as f64) / x as f64 * 100.0)
-        }
+        if x == 0 { "".to_string() } else { format!("{:+.1}%", (y as f64 - x as f64) / x as f64 * 100.0) }
     };
-    let _ = writeln!(
-        s,
-        "{:<22} {:>12} {:>12} {:>9}",
-        "", "before", "after", "change"
-    );
+    let _ = writeln!(s, "{:<22} {:>12} {:>12} {:>9}", "", "before", "after", "change");
     let rows = [
-        (
-            "nodes",
-            b.nodes.to_string(),
-            a.nodes.to_string(),
-            change(b.nodes, a.nodes),
-        ),
+        ("nodes", b.nodes.to_string(), a.nodes.to_string(), change(b.nodes, a.nodes)),
         (
             "nodes (w/ subgraphs)",
             b.nodes_deep.to_string(),
             a.nodes_deep.to_string(),
             change(b.nodes_deep, a.nodes_deep),
         ),
-        (
-            "parameters",
-            fmt_count(b.params),
-            fmt_count(a.params),
-            change(b.params, a.params),
-        ),
-        (
-            "size on disk",
-            fmt_bytes(b.size),
-            fmt_bytes(a.size),
-            change(b.size, a.size),
-        ),
+        ("parameters", fmt_count(b.params), fmt_count(a.params), change(b.params, a.params)),
+        ("size on disk", fmt_bytes(b.size), fmt_bytes(a.size), change(b.size, a.size)),
     ];
     for (k, x, y, c) in rows {
         let _ = writeln!(s, "{k:<22} {x:>12} {y:>12} {c:>9}");
@@ -182,15 +155,8 @@ pub fn describe(m: &Model, path: &Path, disk: u64) -> String {
         .opset_imports
         .iter()
         .map(|o| {
-            let d = if o.domain_name().is_empty() {
-                "ai.onnx"
-            } else {
-                o.domain_name()
-            };
-            format!(
-                "{d} {}",
-                o.version.map(|v| v.to_string()).unwrap_or("?".into())
-            )
+            let d = if o.domain_name().is_empty() { "ai.onnx" } else { o.domain_name() };
+            format!("{d} {}", o.version.map(|v| v.to_string()).unwrap_or("?".into()))
         })
         .collect();
     let _ = writeln!(
@@ -208,12 +174,7 @@ pub fn describe(m: &Model, path: &Path, disk: u64) -> String {
         );
     }
     for p in &m.metadata_props {
-        let _ = writeln!(
-            s,
-            "metadata: {} = {}",
-            p.key.as_deref().unwrap_or(""),
-            p.value.as_deref().unwrap_or("")
-        );
+        let _ = writeln!(s, "metadata: {} = {}", p.key.as_deref().unwrap_or(""), p.value.as_deref().unwrap_or(""));
     }
     let functions = m.extra.numbers().filter(|&n| n == 25).count();
     if functions > 0 {
@@ -229,20 +190,10 @@ pub fn describe(m: &Model, path: &Path, disk: u64) -> String {
         g.initializers.len() + g.sparse_initializers.len(),
         fmt_bytes(g.param_bytes())
     );
-    let ty = |v| {
-        g.value(v)
-            .ty
-            .as_ref()
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "?".into())
-    };
+    let ty = |v| g.value(v).ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into());
     let _ = writeln!(s, "inputs:");
     for d in &g.inputs {
-        let init = if g.value(d.value).init.is_some() {
-            "  (has initializer)"
-        } else {
-            ""
-        };
+        let init = if g.value(d.value).init.is_some() { "  (has initializer)" } else { "" };
         let _ = writeln!(s, "  {}: {}{init}", g.value(d.value).name, ty(d.value));
     }
     let _ = writeln!(s, "outputs:");

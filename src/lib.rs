@@ -94,17 +94,13 @@ impl Model {
     }
 
     pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model, Error> {
-        Ok(Model {
-            inner: optc_frontends::load(path.as_ref(), opts)?,
-        })
+        Ok(Model { inner: optc_frontends::load(path.as_ref(), opts)? })
     }
 
     /// Reads an ONNX model from memory (external data is not resolved).
     pub fn from_bytes(bytes: &[u8]) -> Result<Model, Error> {
         let b = ir::Bytes::copy_from_slice(bytes);
-        Ok(Model {
-            inner: optc_frontends::load_bytes(b, None, &LoadOptions::default())?,
-        })
+        Ok(Model { inner: optc_frontends::load_bytes(b, None, &LoadOptions::default())? })
     }
 
     pub fn from_ir(inner: ir::Model) -> Model {
@@ -124,11 +120,7 @@ impl Model {
     }
 
     /// Runs a pipeline of built-in passes (`"dce,identity"`, `"fixpoint(identity,dce)"`).
-    pub fn run_pipeline(
-        &mut self,
-        pipeline: &str,
-        target: &Target,
-    ) -> Result<PipelineReport, Error> {
+    pub fn run_pipeline(&mut self, pipeline: &str, target: &Target) -> Result<PipelineReport, Error> {
         let manager = PassManager::new(PassRegistry::with_builtins());
         let mut cx = PassContext::new(target.clone());
         Ok(manager.run(&mut self.inner, pipeline, &mut cx)?)
@@ -149,11 +141,7 @@ impl Model {
         self.save_with(path, &SaveOptions::default())
     }
 
-    pub fn save_with(
-        &self,
-        path: impl AsRef<Path>,
-        opts: &SaveOptions,
-    ) -> Result<SaveReport, Error> {
+    pub fn save_with(&self, path: impl AsRef<Path>, opts: &SaveOptions) -> Result<SaveReport, Error> {
         Ok(optc_backends::save(&self.inner, path.as_ref(), opts)?)
     }
 

@@ -28,12 +28,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Optimise a model with a pipeline of passes and write the result.
-    #[command(
-        long_about = "Optimise a model with a pipeline of passes and write the result.\n\n\
+    #[command(long_about = "Optimise a model with a pipeline of passes and write the result.\n\n\
 The pipeline is a comma-separated list of passes, each with optional key=value options:\n  \
 -p dce,identity\n  -p 'shape-fold,fixpoint(identity,dce,max_iter=5)'\n  -p ''   (no passes: a lossless round trip)\n\
-Run `optc passes` for every pass, its options and its exactness."
-    )]
+Run `optc passes` for every pass, its options and its exactness.")]
     Opt(OptArgs),
     /// Show what is in a model: opsets, op histogram, parameters, inputs and outputs, subgraphs.
     Inspect(InspectArgs),
@@ -116,10 +114,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e
-                .downcast_ref::<optc::Error>()
-                .map(|e| e.exit_code())
-                .unwrap_or(1);
+            let code = e.downcast_ref::<optc::Error>().map(|e| e.exit_code()).unwrap_or(1);
             eprintln!("error: {e:#}");
             ExitCode::from(code as u8)
         }
@@ -164,13 +159,22 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     let report = model.run_with(&manager, &a.pipeline, &mut cx)?;
     let pass_time = t1.elapsed();
     let t2 = Instant::now();
-    let opts = SaveOptions {
-        external: a.external_data,
-        ..SaveOptions::default()
-    };
-    let saved = model
-        .save_with(&a.output, &opts)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    let mut opts = SaveOptions { external: a.external_data, ..SaveOptions::default() };
+    // A progress bar for large writes (indicatif draws only on a terminal).
+    let bar = indicatif::ProgressBar::new(0);
+    if !a.quiet && model.ir().graph.param_bytes() > (256 << 20) {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("writing {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let b = bar.clone();
+        opts.progress = Some(std::sync::Arc::new(move |done, total| {
+            b.set_length(total);
+            b.set_position(done);
+        }));
+    }
+    let saved = model.save_with(&a.output, &opts).with_context(|| format!("writing {}", a.output.display()))?;
+    bar.finish_and_clear();
     let save_time = t2.elapsed();
     let after_size = saved.model_bytes + saved.external.as_ref().map(|e| e.1).unwrap_or(0);
     let after = inspect::Stats::of(model.ir(), after_size);
@@ -180,11 +184,7 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
         }
     }
     if !a.quiet {
-        let pipeline = if a.pipeline.trim().is_empty() {
-            "(none)"
-        } else {
-            a.pipeline.as_str()
-        };
+        let pipeline = if a.pipeline.trim().is_empty() { "(none)" } else { a.pipeline.as_str() };
         println!(
             "optc opt: {} -> {}  pipeline: {pipeline}  target: {}  exactness: {exactness}",
             a.input.display(),
@@ -193,10 +193,7 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
         );
         print!("{}", inspect::summary_table(&before, &after));
         if !report.runs.is_empty() {
-            println!(
-                "{:<32} {:>10} {:>9} {:>16}",
-                "pass", "time", "rewrites", "nodes"
-            );
+            println!("{:<32} {:>10} {:>9} {:>16}", "pass", "time", "rewrites", "nodes");
             for r in &report.runs {
                 println!(
                     "{:<32} {:>10} {:>9} {:>16}",
@@ -208,17 +205,10 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
             }
         }
         if report.budget_exhausted {
-            println!(
-                "rewrite budget of {} reached: later rewrites were skipped",
-                a.max_rewrites.unwrap_or(0)
-            );
+            println!("rewrite budget of {} reached: later rewrites were skipped", a.max_rewrites.unwrap_or(0));
         }
         if let Some((p, n)) = &saved.external {
-            println!(
-                "external data: {} ({})",
-                p.display(),
-                inspect::fmt_bytes(*n)
-            );
+            println!("external data: {} ({})", p.display(), inspect::fmt_bytes(*n));
         }
         if a.time_passes {
             println!(
@@ -238,10 +228,7 @@ fn cmd_inspect(a: InspectArgs) -> anyhow::Result<()> {
     if a.ir {
         print!("{}", optc::ir::text::model_to_text(model.ir()));
     } else {
-        print!(
-            "{}",
-            inspect::describe(model.ir(), &a.input, model_disk_size(&a.input, model.ir()))
-        );
+        print!("{}", inspect::describe(model.ir(), &a.input, model_disk_size(&a.input, model.ir())));
     }
     Ok(())
 }
@@ -257,10 +244,7 @@ fn cmd_passes() -> anyhow::Result<()> {
         }
     }
     println!("\nCombinators:\n");
-    println!(
-        "  {:<14} run the listed passes again until none of them changes anything",
-        "fixpoint(...)"
-    );
+    println!("  {:<14} run the listed passes again until none of them changes anything", "fixpoint(...)");
     println!("  {:<14} option max_iter=10", "");
     Ok(())
 }
@@ -272,16 +256,10 @@ fn cmd_gen(a: GenArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let (Some(name), Some(out)) = (a.name, a.output) else {
-        anyhow::bail!("give a model name and -o OUT")
-    };
+    let (Some(name), Some(out)) = (a.name, a.output) else { anyhow::bail!("give a model name and -o OUT") };
     let model = optc::zoo::build(&name, a.seed).map_err(|e| anyhow::anyhow!(e))?;
     let model = Model::from_ir(model);
     model.save(&out)?;
-    println!(
-        "wrote {} ({})",
-        out.display(),
-        inspect::fmt_bytes(file_size(&out))
-    );
+    println!("wrote {} ({})", out.display(), inspect::fmt_bytes(file_size(&out)));
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use optc_ir::{
-    AttrValue, Attribute, Decl, DimValue, Graph, Init, MetaProp, Model, Node, OpsetImport,
-    RawFields, SparseTensor, Tensor, TensorData, Type, TypeKind, TypedData,
+    AttrValue, Attribute, Decl, DimValue, Graph, Init, MetaProp, Model, Node, OpsetImport, RawFields, SparseTensor,
+    Tensor, TensorData, Type, TypeKind, TypedData,
 };
 use optc_proto::Message;
 use optc_proto::onnx as pb;
@@ -19,9 +19,7 @@ mod known {
     pub const MODEL: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25, 26];
     pub const GRAPH: &[u32] = &[1, 2, 5, 10, 11, 12, 13, 14, 15, 16];
     pub const NODE: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-    pub const ATTR: &[u32] = &[
-        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 20, 21, 22, 23,
-    ];
+    pub const ATTR: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 20, 21, 22, 23];
     pub const TENSOR: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16];
     pub const VALUE_INFO: &[u32] = &[1, 2, 3, 4];
     pub const SPARSE: &[u32] = &[1, 2, 3];
@@ -55,19 +53,56 @@ impl std::str::FromStr for ExternalData {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Called with (bytes written, bytes to write) while saving.
+pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct SaveOptions {
     pub external: ExternalData,
     /// Smallest tensor (bytes) moved to the data file.
     pub threshold: u64,
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for SaveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaveOptions")
+            .field("external", &self.external)
+            .field("threshold", &self.threshold)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions {
-            external: ExternalData::Auto,
-            threshold: 1024,
+        SaveOptions { external: ExternalData::Auto, threshold: 1024, progress: None }
+    }
+}
+
+/// A writer that reports progress every few megabytes.
+struct Counting<'a, W: Write> {
+    inner: W,
+    written: u64,
+    reported: u64,
+    total: u64,
+    progress: Option<&'a Progress>,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        if let Some(p) = self.progress {
+            if self.written - self.reported >= 8 << 20 || self.written == self.total {
+                self.reported = self.written;
+                p(self.written, self.total);
+            }
         }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -81,13 +116,8 @@ pub struct SaveReport {
 #[derive(Debug, Error)]
 pub enum SaveError {
     #[error("cannot write '{path}': {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "the model is {size} bytes, over protobuf's 2 GiB limit; use --external-data auto or always"
-    )]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the model is {size} bytes, over protobuf's 2 GiB limit; use --external-data auto or always")]
     TooLarge { size: u64 },
     #[error("{0}")]
     Invalid(String),
@@ -110,28 +140,21 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveReport
     };
     let mut parts = lower_model(model, &mut plan)?;
     if opts.external == ExternalData::Auto && parts.len() > PROTOBUF_LIMIT {
-        plan = ExtPlan {
-            policy: Policy::All,
-            offset: 0,
-            data: Vec::new(),
-            ..plan
-        };
+        plan = ExtPlan { policy: Policy::All, offset: 0, data: Vec::new(), ..plan };
         parts = lower_model(model, &mut plan)?;
     }
     if parts.len() > PROTOBUF_LIMIT {
         return Err(SaveError::TooLarge { size: parts.len() });
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut report = SaveReport {
-        model_bytes: parts.len(),
-        external: None,
-    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut report = SaveReport { model_bytes: parts.len(), external: None };
+    let total = parts.len() + plan.offset;
+    let mut done = 0u64;
     if !plan.data.is_empty() {
         let data_path = dir.join(&plan.location);
         write_atomic(&data_path, |w| {
+            let mut w = Counting { inner: w, written: 0, reported: 0, total, progress: opts.progress.as_ref() };
+            let w = &mut w;
             let mut at = 0u64;
             for (offset, bytes) in &plan.data {
                 w.write_all(&vec![0u8; (offset - at) as usize])?;
@@ -142,25 +165,22 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveReport
             Ok(())
         })?;
         report.external = Some((data_path, plan.offset));
+        done = plan.offset;
     }
-    write_atomic(path, |w| parts.write_to(w))?;
+    write_atomic(path, |w| {
+        let mut w = Counting { inner: w, written: done, reported: done, total, progress: opts.progress.as_ref() };
+        parts.write_to(&mut w)
+    })?;
     Ok(report)
 }
 
 /// The model as bytes in memory, everything inline (for tests and small models).
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>, SaveError> {
-    let mut plan = ExtPlan {
-        policy: Policy::None,
-        threshold: u64::MAX,
-        location: String::new(),
-        offset: 0,
-        data: Vec::new(),
-    };
+    let mut plan =
+        ExtPlan { policy: Policy::None, threshold: u64::MAX, location: String::new(), offset: 0, data: Vec::new() };
     let parts = lower_model(model, &mut plan)?;
     let mut out = Vec::with_capacity(parts.len() as usize);
-    parts
-        .write_to(&mut out)
-        .map_err(|e| SaveError::Invalid(e.to_string()))?;
+    parts.write_to(&mut out).map_err(|e| SaveError::Invalid(e.to_string()))?;
     Ok(out)
 }
 
@@ -180,11 +200,7 @@ fn release(bytes: &Bytes) {
         if end > aligned {
             // SAFETY: the range lies inside memory `bytes` keeps alive; PAGEOUT is advisory.
             unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    end - aligned,
-                    libc::MADV_PAGEOUT,
-                );
+                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_PAGEOUT);
             }
         }
     }
@@ -194,25 +210,12 @@ fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<(), SaveError> {
-    let io = |source| SaveError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let io = |source| SaveError::Io { path: path.to_path_buf(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.optc-tmp-{}", std::process::id()));
     // create_new never follows or reuses an existing path (a planted link included).
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io)?;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let result = body(&mut w).and_then(|_| w.flush());
     if let Err(e) = result {
@@ -286,33 +289,19 @@ fn splice_extra(parts: &mut Parts, extra: &RawFields) {
 }
 
 fn push_prost(parts: &mut Parts, encoded: Vec<u8>) -> Result<(), SaveError> {
-    parts
-        .push_encoded(encoded)
-        .map_err(|e| SaveError::Invalid(e.0))
+    parts.push_encoded(encoded).map_err(|e| SaveError::Invalid(e.0))
 }
 
 fn string_entry(p: &MetaProp) -> Result<Parts, SaveError> {
     let mut parts = Parts::new();
-    push_prost(
-        &mut parts,
-        enc(&pb::StringStringEntryProto {
-            key: p.key.clone(),
-            value: p.value.clone(),
-        }),
-    )?;
+    push_prost(&mut parts, enc(&pb::StringStringEntryProto { key: p.key.clone(), value: p.value.clone() }))?;
     splice_extra(&mut parts, &p.extra);
     Ok(parts.finish(known::STRING_ENTRY))
 }
 
 fn opset(o: &OpsetImport) -> Result<Parts, SaveError> {
     let mut parts = Parts::new();
-    push_prost(
-        &mut parts,
-        enc(&pb::OperatorSetIdProto {
-            domain: o.domain.clone(),
-            version: o.version,
-        }),
-    )?;
+    push_prost(&mut parts, enc(&pb::OperatorSetIdProto { domain: o.domain.clone(), version: o.version }))?;
     splice_extra(&mut parts, &o.extra);
     Ok(parts.finish(known::OPSET))
 }
@@ -330,31 +319,13 @@ fn lower_model(m: &Model, plan: &mut ExtPlan) -> Result<Parts, SaveError> {
     };
     push_prost(&mut parts, enc(&header))?;
     for o in &m.opset_imports {
-        parts.push(
-            8,
-            Chunk::Message {
-                number: 8,
-                body: opset(o)?,
-            },
-        );
+        parts.push(8, Chunk::Message { number: 8, body: opset(o)? });
     }
     for p in &m.metadata_props {
-        parts.push(
-            14,
-            Chunk::Message {
-                number: 14,
-                body: string_entry(p)?,
-            },
-        );
+        parts.push(14, Chunk::Message { number: 14, body: string_entry(p)? });
     }
     if m.has_graph {
-        parts.push(
-            7,
-            Chunk::Message {
-                number: 7,
-                body: lower_graph(&m.graph, plan)?,
-            },
-        );
+        parts.push(7, Chunk::Message { number: 7, body: lower_graph(&m.graph, plan)? });
     }
     splice_extra(&mut parts, &m.extra);
     Ok(parts.finish(known::MODEL))
@@ -364,65 +335,30 @@ fn lower_graph(g: &Graph, plan: &mut ExtPlan) -> Result<Parts, SaveError> {
     let mut parts = Parts::new();
     push_prost(
         &mut parts,
-        enc(&pb::GraphProto {
-            name: g.name.clone(),
-            doc_string: g.doc_string.clone(),
-            ..Default::default()
-        }),
+        enc(&pb::GraphProto { name: g.name.clone(), doc_string: g.doc_string.clone(), ..Default::default() }),
     )?;
     let order = g.topo_order().map_err(|stuck| {
-        let names: Vec<String> = stuck
-            .iter()
-            .take(5)
-            .map(|&n| g.node(n).display_name())
-            .collect();
-        SaveError::Invalid(format!(
-            "cannot write a graph with a cycle (through nodes {})",
-            names.join(", ")
-        ))
+        let names: Vec<String> = stuck.iter().take(5).map(|&n| g.node(n).display_name()).collect();
+        SaveError::Invalid(format!("cannot write a graph with a cycle (through nodes {})", names.join(", ")))
     })?;
     for n in order {
-        parts.push(
-            1,
-            Chunk::Message {
-                number: 1,
-                body: lower_node(g, g.node(n), plan)?,
-            },
-        );
+        parts.push(1, Chunk::Message { number: 1, body: lower_node(g, g.node(n), plan)? });
     }
     for &v in &g.initializers {
         let val = g.value(v);
         if let Some(Init::Dense(t)) = &val.init {
-            parts.push(
-                5,
-                Chunk::Message {
-                    number: 5,
-                    body: lower_tensor(t, Some(&val.name), plan)?,
-                },
-            );
+            parts.push(5, Chunk::Message { number: 5, body: lower_tensor(t, Some(&val.name), plan)? });
         }
     }
     for &v in &g.sparse_initializers {
         let val = g.value(v);
         if let Some(Init::Sparse(sp)) = &val.init {
-            parts.push(
-                15,
-                Chunk::Message {
-                    number: 15,
-                    body: lower_sparse(sp, plan)?,
-                },
-            );
+            parts.push(15, Chunk::Message { number: 15, body: lower_sparse(sp, plan)? });
         }
     }
     for (number, list) in [(11, &g.inputs), (12, &g.outputs), (13, &g.value_info)] {
         for d in list.iter() {
-            parts.push(
-                number,
-                Chunk::Message {
-                    number,
-                    body: lower_decl(g, d)?,
-                },
-            );
+            parts.push(number, Chunk::Message { number, body: lower_decl(g, d)? });
         }
     }
     splice_extra(&mut parts, &g.extra);
@@ -431,11 +367,7 @@ fn lower_graph(g: &Graph, plan: &mut ExtPlan) -> Result<Parts, SaveError> {
 
 fn lower_decl(g: &Graph, d: &Decl) -> Result<Parts, SaveError> {
     let v = g.value(d.value);
-    let ty = if d.typed {
-        v.ty.as_ref().map(lower_type)
-    } else {
-        None
-    };
+    let ty = if d.typed { v.ty.as_ref().map(lower_type) } else { None };
     let mut parts = Parts::new();
     push_prost(
         &mut parts,
@@ -452,9 +384,7 @@ fn lower_decl(g: &Graph, d: &Decl) -> Result<Parts, SaveError> {
 
 fn lower_node(g: &Graph, n: &Node, plan: &mut ExtPlan) -> Result<Parts, SaveError> {
     let names = |list: &[Option<optc_ir::ValueId>]| -> Vec<String> {
-        list.iter()
-            .map(|v| v.map(|v| g.value(v).name.clone()).unwrap_or_default())
-            .collect()
+        list.iter().map(|v| v.map(|v| g.value(v).name.clone()).unwrap_or_default()).collect()
     };
     let header = pb::NodeProto {
         input: names(n.inputs()),
@@ -468,13 +398,7 @@ fn lower_node(g: &Graph, n: &Node, plan: &mut ExtPlan) -> Result<Parts, SaveErro
     let mut parts = Parts::new();
     push_prost(&mut parts, enc(&header))?;
     for a in &n.attrs {
-        parts.push(
-            5,
-            Chunk::Message {
-                number: 5,
-                body: lower_attr(a, plan)?,
-            },
-        );
+        parts.push(5, Chunk::Message { number: 5, body: lower_attr(a, plan)? });
     }
     splice_extra(&mut parts, &n.extra);
     Ok(parts.finish(known::NODE))
@@ -498,58 +422,22 @@ fn lower_attr(a: &Attribute, plan: &mut ExtPlan) -> Result<Parts, SaveError> {
         AttrValue::Strings(v) => p.strings = v.clone(),
         AttrValue::Type(t) => p.tp = Some(lower_type(t)),
         AttrValue::Types(v) => p.type_protos = v.iter().map(lower_type).collect(),
-        AttrValue::Tensor(t) => parts.push(
-            5,
-            Chunk::Message {
-                number: 5,
-                body: lower_tensor(t, None, plan)?,
-            },
-        ),
+        AttrValue::Tensor(t) => parts.push(5, Chunk::Message { number: 5, body: lower_tensor(t, None, plan)? }),
         AttrValue::Tensors(v) => {
             for t in v {
-                parts.push(
-                    10,
-                    Chunk::Message {
-                        number: 10,
-                        body: lower_tensor(t, None, plan)?,
-                    },
-                );
+                parts.push(10, Chunk::Message { number: 10, body: lower_tensor(t, None, plan)? });
             }
         }
-        AttrValue::Graph(sg) => parts.push(
-            6,
-            Chunk::Message {
-                number: 6,
-                body: lower_graph(sg, plan)?,
-            },
-        ),
+        AttrValue::Graph(sg) => parts.push(6, Chunk::Message { number: 6, body: lower_graph(sg, plan)? }),
         AttrValue::Graphs(v) => {
             for sg in v {
-                parts.push(
-                    11,
-                    Chunk::Message {
-                        number: 11,
-                        body: lower_graph(sg, plan)?,
-                    },
-                );
+                parts.push(11, Chunk::Message { number: 11, body: lower_graph(sg, plan)? });
             }
         }
-        AttrValue::SparseTensor(sp) => parts.push(
-            22,
-            Chunk::Message {
-                number: 22,
-                body: lower_sparse(sp, plan)?,
-            },
-        ),
+        AttrValue::SparseTensor(sp) => parts.push(22, Chunk::Message { number: 22, body: lower_sparse(sp, plan)? }),
         AttrValue::SparseTensors(v) => {
             for sp in v {
-                parts.push(
-                    23,
-                    Chunk::Message {
-                        number: 23,
-                        body: lower_sparse(sp, plan)?,
-                    },
-                );
+                parts.push(23, Chunk::Message { number: 23, body: lower_sparse(sp, plan)? });
             }
         }
         AttrValue::None => {}
@@ -562,30 +450,12 @@ fn lower_attr(a: &Attribute, plan: &mut ExtPlan) -> Result<Parts, SaveError> {
 fn lower_sparse(sp: &SparseTensor, plan: &mut ExtPlan) -> Result<Parts, SaveError> {
     let mut parts = Parts::new();
     if let Some(t) = &sp.values {
-        parts.push(
-            1,
-            Chunk::Message {
-                number: 1,
-                body: lower_tensor(t, None, plan)?,
-            },
-        );
+        parts.push(1, Chunk::Message { number: 1, body: lower_tensor(t, None, plan)? });
     }
     if let Some(t) = &sp.indices {
-        parts.push(
-            2,
-            Chunk::Message {
-                number: 2,
-                body: lower_tensor(t, None, plan)?,
-            },
-        );
+        parts.push(2, Chunk::Message { number: 2, body: lower_tensor(t, None, plan)? });
     }
-    push_prost(
-        &mut parts,
-        enc(&pb::SparseTensorProto {
-            dims: sp.dims.clone(),
-            ..Default::default()
-        }),
-    )?;
+    push_prost(&mut parts, enc(&pb::SparseTensorProto { dims: sp.dims.clone(), ..Default::default() }))?;
     splice_extra(&mut parts, &sp.extra);
     Ok(parts.finish(known::SPARSE))
 }
@@ -619,13 +489,8 @@ fn lower_tensor(t: &Tensor, name: Option<&str>, plan: &mut ExtPlan) -> Result<Pa
                     }
                 }
             }
-            p.external_data = entries
-                .into_iter()
-                .map(|(k, v)| pb::StringStringEntryProto {
-                    key: Some(k),
-                    value: Some(v),
-                })
-                .collect();
+            p.external_data =
+                entries.into_iter().map(|(k, v)| pb::StringStringEntryProto { key: Some(k), value: Some(v) }).collect();
             p.data_location = Some(1);
         }
         (TensorData::External { .. }, Some(b)) => {
@@ -634,10 +499,7 @@ fn lower_tensor(t: &Tensor, name: Option<&str>, plan: &mut ExtPlan) -> Result<Pa
             parts.push(9, Chunk::Data { number: 9, data: b });
         }
         (TensorData::External { reference, .. }, None) => {
-            return Err(SaveError::Invalid(format!(
-                "external tensor in '{}' has no data",
-                reference.location
-            )));
+            return Err(SaveError::Invalid(format!("external tensor in '{}' has no data", reference.location)));
         }
         (TensorData::Raw(_), Some(b)) => parts.push(9, Chunk::Data { number: 9, data: b }),
         (TensorData::Typed(td), _) => match td {
@@ -664,12 +526,8 @@ pub fn lower_type(t: &Type) -> pb::TypeProto {
                 .iter()
                 .map(|d| pb::tensor_shape_proto::Dimension {
                     value: match &d.value {
-                        DimValue::Known(n) => {
-                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(*n))
-                        }
-                        DimValue::Sym(s) => Some(
-                            pb::tensor_shape_proto::dimension::Value::DimParam(s.clone()),
-                        ),
+                        DimValue::Known(n) => Some(pb::tensor_shape_proto::dimension::Value::DimValue(*n)),
+                        DimValue::Sym(s) => Some(pb::tensor_shape_proto::dimension::Value::DimParam(s.clone())),
                         DimValue::Unknown => None,
                     },
                     denotation: d.denotation.clone(),
@@ -678,19 +536,11 @@ pub fn lower_type(t: &Type) -> pb::TypeProto {
         })
     };
     let value = match &t.kind {
-        TypeKind::Tensor {
-            elem,
-            elem_code,
-            shape: s,
-        } => Some(tp::Value::TensorType(tp::Tensor {
+        TypeKind::Tensor { elem, elem_code, shape: s } => Some(tp::Value::TensorType(tp::Tensor {
             elem_type: elem_code.or(elem.map(|e| e.onnx_code())),
             shape: shape(s),
         })),
-        TypeKind::SparseTensor {
-            elem,
-            elem_code,
-            shape: s,
-        } => Some(tp::Value::SparseTensorType(tp::SparseTensor {
+        TypeKind::SparseTensor { elem, elem_code, shape: s } => Some(tp::Value::SparseTensorType(tp::SparseTensor {
             elem_type: elem_code.or(elem.map(|e| e.onnx_code())),
             shape: shape(s),
         })),
@@ -704,14 +554,10 @@ pub fn lower_type(t: &Type) -> pb::TypeProto {
         TypeKind::Optional(e) => Some(tp::Value::OptionalType(Box::new(tp::Optional {
             elem_type: e.as_deref().map(|t| Box::new(lower_type(t))),
         }))),
-        TypeKind::Opaque { domain, name } => Some(tp::Value::OpaqueType(tp::Opaque {
-            domain: domain.clone(),
-            name: name.clone(),
-        })),
+        TypeKind::Opaque { domain, name } => {
+            Some(tp::Value::OpaqueType(tp::Opaque { domain: domain.clone(), name: name.clone() }))
+        }
         TypeKind::Unset => None,
     };
-    pb::TypeProto {
-        value,
-        denotation: t.denotation.clone(),
-    }
+    pb::TypeProto { value, denotation: t.denotation.clone() }
 }

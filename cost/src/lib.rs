@@ -24,20 +24,14 @@ impl Target {
 
     /// The default target: a CPU running onnxruntime.
     pub fn cpu() -> Target {
-        Target {
-            name: "cpu".into(),
-            contrib_ops: true,
-        }
+        Target { name: "cpu".into(), contrib_ops: true }
     }
 
     /// A built-in target by name.
     pub fn builtin(name: &str) -> Result<Target, TargetError> {
         match name {
             "cpu" => Ok(Target::cpu()),
-            _ => Err(TargetError::Unknown {
-                name: name.into(),
-                builtins: Self::BUILTINS.join(", "),
-            }),
+            _ => Err(TargetError::Unknown { name: name.into(), builtins: Self::BUILTINS.join(", ") }),
         }
     }
 }

@@ -101,10 +101,7 @@ impl Attribute {
         Attribute::new(name, AttrValue::Float(v))
     }
     pub fn string(name: &str, v: &str) -> Attribute {
-        Attribute::new(
-            name,
-            AttrValue::String(Bytes::copy_from_slice(v.as_bytes())),
-        )
+        Attribute::new(name, AttrValue::String(Bytes::copy_from_slice(v.as_bytes())))
     }
 }
 

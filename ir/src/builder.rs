@@ -10,10 +10,7 @@ pub struct GraphBuilder {
 
 impl GraphBuilder {
     pub fn new(name: &str) -> GraphBuilder {
-        GraphBuilder {
-            graph: Graph::new(name),
-            counter: 0,
-        }
+        GraphBuilder { graph: Graph::new(name), counter: 0 }
     }
 
     fn fresh(&mut self, base: &str) -> String {
@@ -28,9 +25,7 @@ impl GraphBuilder {
 
     /// A graph input.
     pub fn input(&mut self, name: &str, dtype: DType, dims: Vec<Dim>) -> Result<ValueId, IrError> {
-        let v = self
-            .graph
-            .add_value(name, Some(Type::tensor(dtype, dims)))?;
+        let v = self.graph.add_value(name, Some(Type::tensor(dtype, dims)))?;
         self.graph.inputs.push(Decl::new(v));
         Ok(v)
     }
@@ -39,20 +34,14 @@ impl GraphBuilder {
     pub fn init_f32(&mut self, base: &str, dims: &[i64], data: &[f32]) -> Result<ValueId, IrError> {
         let name = self.fresh(base);
         let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.graph.add_initializer(
-            name.clone(),
-            Tensor::from_raw(Some(name), DType::F32, dims.to_vec(), raw.into()),
-        )
+        self.graph.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::F32, dims.to_vec(), raw.into()))
     }
 
     /// An i64 initializer.
     pub fn init_i64(&mut self, base: &str, dims: &[i64], data: &[i64]) -> Result<ValueId, IrError> {
         let name = self.fresh(base);
         let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.graph.add_initializer(
-            name.clone(),
-            Tensor::from_raw(Some(name), DType::I64, dims.to_vec(), raw.into()),
-        )
+        self.graph.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::I64, dims.to_vec(), raw.into()))
     }
 
     /// Adds a node with `n_out` outputs, named after the op.
@@ -70,20 +59,14 @@ impl GraphBuilder {
             outs.push(self.graph.add_value(name, None)?);
         }
         let node_name = self.fresh(op.op_type());
-        let spec = NodeSpec::new(op, inputs.to_vec(), outs.iter().map(|&v| Some(v)).collect())
-            .named(node_name)
-            .attrs(attrs);
+        let spec =
+            NodeSpec::new(op, inputs.to_vec(), outs.iter().map(|&v| Some(v)).collect()).named(node_name).attrs(attrs);
         self.graph.add_node(spec)?;
         Ok(outs)
     }
 
     /// Adds a single-output node.
-    pub fn op(
-        &mut self,
-        op: Op,
-        inputs: &[ValueId],
-        attrs: Vec<Attribute>,
-    ) -> Result<ValueId, IrError> {
+    pub fn op(&mut self, op: Op, inputs: &[ValueId], attrs: Vec<Attribute>) -> Result<ValueId, IrError> {
         let ins: Vec<Option<ValueId>> = inputs.iter().map(|&v| Some(v)).collect();
         Ok(self.op_n(op, &ins, attrs, 1)?[0])
     }

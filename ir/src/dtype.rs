@@ -68,9 +68,7 @@ impl DType {
 
     /// The type for an ONNX enum value, `None` for values this version does not know.
     pub fn from_onnx(code: i32) -> Option<DType> {
-        usize::try_from(code)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
+        usize::try_from(code).ok().and_then(|i| Self::ALL.get(i).copied())
     }
 
     pub fn onnx_code(self) -> i32 {
@@ -100,18 +98,12 @@ impl DType {
 
     pub fn is_float(self) -> bool {
         use DType::*;
-        matches!(
-            self,
-            F32 | F64 | F16 | BF16 | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ | F4E2M1 | F8E8M0
-        )
+        matches!(self, F32 | F64 | F16 | BF16 | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ | F4E2M1 | F8E8M0)
     }
 
     pub fn is_int(self) -> bool {
         use DType::*;
-        matches!(
-            self,
-            U8 | I8 | U16 | I16 | I32 | I64 | U32 | U64 | U4 | I4 | U2 | I2
-        )
+        matches!(self, U8 | I8 | U16 | I16 | I32 | I64 | U32 | U64 | U4 | I4 | U2 | I2)
     }
 
     /// Short name used in the text form and in messages (`f32`, `i64`, `f8e4m3fn`, ...).

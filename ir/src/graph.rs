@@ -110,9 +110,7 @@ impl Node {
     /// Subgraphs held in attributes, in attribute order.
     pub fn subgraphs(&self) -> impl Iterator<Item = &Graph> {
         self.attrs.iter().flat_map(|a| match &a.value {
-            crate::AttrValue::Graph(g) => {
-                std::slice::from_ref(g.as_ref()).iter().collect::<Vec<_>>()
-            }
+            crate::AttrValue::Graph(g) => std::slice::from_ref(g.as_ref()).iter().collect::<Vec<_>>(),
             crate::AttrValue::Graphs(gs) => gs.iter().collect(),
             _ => Vec::new(),
         })
@@ -163,12 +161,7 @@ pub struct Decl {
 
 impl Decl {
     pub fn new(value: ValueId) -> Decl {
-        Decl {
-            value,
-            doc_string: None,
-            typed: true,
-            extra: RawFields::default(),
-        }
+        Decl { value, doc_string: None, typed: true, extra: RawFields::default() }
     }
 }
 
@@ -200,13 +193,7 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     pub fn new(op: Op, inputs: Vec<Option<ValueId>>, outputs: Vec<Option<ValueId>>) -> NodeSpec {
-        NodeSpec {
-            name: None,
-            op,
-            attrs: Vec::new(),
-            inputs,
-            outputs,
-        }
+        NodeSpec { name: None, op, attrs: Vec::new(), inputs, outputs }
     }
     pub fn named(mut self, name: impl Into<String>) -> NodeSpec {
         self.name = Some(name.into());
@@ -220,30 +207,18 @@ impl NodeSpec {
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Graph {
-        Graph {
-            name: Some(name.into()),
-            ..Default::default()
-        }
+        Graph { name: Some(name.into()), ..Default::default() }
     }
 
     // ---- values -------------------------------------------------------------------------
 
     /// Adds a value with a fresh, unique name.
-    pub fn add_value(
-        &mut self,
-        name: impl Into<String>,
-        ty: Option<Type>,
-    ) -> Result<ValueId, IrError> {
+    pub fn add_value(&mut self, name: impl Into<String>, ty: Option<Type>) -> Result<ValueId, IrError> {
         let name = name.into();
         if self.by_name.contains_key(&name) {
             return Err(IrError::DuplicateValue(name));
         }
-        let id = ValueId(self.g.add_node(Vertex::Value(Value {
-            name: name.clone(),
-            ty,
-            init: None,
-            outer: false,
-        })));
+        let id = ValueId(self.g.add_node(Vertex::Value(Value { name: name.clone(), ty, init: None, outer: false })));
         self.by_name.insert(name, id);
         Ok(id)
     }
@@ -253,22 +228,12 @@ impl Graph {
         if !self.by_name.contains_key(base) {
             return base.to_string();
         }
-        (1..)
-            .map(|i| format!("{base}_{i}"))
-            .find(|n| !self.by_name.contains_key(n))
-            .unwrap_or_default()
+        (1..).map(|i| format!("{base}_{i}")).find(|n| !self.by_name.contains_key(n)).unwrap_or_default()
     }
 
     /// Adds a dense initializer (appended to the initializer list).
-    pub fn add_initializer(
-        &mut self,
-        name: impl Into<String>,
-        tensor: Tensor,
-    ) -> Result<ValueId, IrError> {
-        let ty = Type::tensor(
-            tensor.dtype,
-            tensor.dims.iter().map(|&d| crate::Dim::known(d)).collect(),
-        );
+    pub fn add_initializer(&mut self, name: impl Into<String>, tensor: Tensor) -> Result<ValueId, IrError> {
+        let ty = Type::tensor(tensor.dtype, tensor.dims.iter().map(|&d| crate::Dim::known(d)).collect());
         let id = self.add_value(name, Some(ty))?;
         self.value_mut(id).init = Some(Init::Dense(tensor));
         self.initializers.push(id);
@@ -298,17 +263,10 @@ impl Graph {
     }
 
     pub fn values(&self) -> impl Iterator<Item = ValueId> + '_ {
-        self.g
-            .node_indices()
-            .filter(|&i| matches!(self.g[i], Vertex::Value(_)))
-            .map(ValueId)
+        self.g.node_indices().filter(|&i| matches!(self.g[i], Vertex::Value(_))).map(ValueId)
     }
 
-    pub fn rename_value(
-        &mut self,
-        id: ValueId,
-        new_name: impl Into<String>,
-    ) -> Result<(), IrError> {
+    pub fn rename_value(&mut self, id: ValueId, new_name: impl Into<String>) -> Result<(), IrError> {
         let new_name = new_name.into();
         if self.by_name.contains_key(&new_name) {
             return Err(IrError::DuplicateValue(new_name));
@@ -322,12 +280,7 @@ impl Graph {
             }
         }
         // Subgraphs that read the value by name follow the rename.
-        let readers: Vec<NodeId> = self
-            .uses(id)
-            .into_iter()
-            .filter(|u| u.1 == Use::Capture)
-            .map(|u| u.0)
-            .collect();
+        let readers: Vec<NodeId> = self.uses(id).into_iter().filter(|u| u.1 == Use::Capture).map(|u| u.0).collect();
         for n in readers {
             for sg in self.node_mut(n).subgraphs_mut() {
                 sg.rename_outer(&old, &new_name);
@@ -354,12 +307,10 @@ impl Graph {
 
     /// The node and output slot producing `v`, if a node produces it.
     pub fn producer(&self, v: ValueId) -> Option<(NodeId, usize)> {
-        self.g
-            .edges_directed(v.0, Direction::Incoming)
-            .find_map(|e| match e.weight() {
-                Port::Out(i) => Some((NodeId(e.source()), *i as usize)),
-                _ => None,
-            })
+        self.g.edges_directed(v.0, Direction::Incoming).find_map(|e| match e.weight() {
+            Port::Out(i) => Some((NodeId(e.source()), *i as usize)),
+            _ => None,
+        })
     }
 
     /// Every use of `v` by a node, in no particular order.
@@ -386,11 +337,7 @@ impl Graph {
 
     /// True when nothing reads `v`: no node, no subgraph and no graph output.
     pub fn is_unused(&self, v: ValueId) -> bool {
-        self.g
-            .edges_directed(v.0, Direction::Outgoing)
-            .next()
-            .is_none()
-            && !self.is_graph_output(v)
+        self.g.edges_directed(v.0, Direction::Outgoing).next().is_none() && !self.is_graph_output(v)
     }
 
     /// A constant initializer's tensor (not one overridable as a graph input).
@@ -435,10 +382,7 @@ impl Graph {
 
     /// Node ids in storage order (not necessarily topological: see [`Graph::topo_order`]).
     pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.g
-            .node_indices()
-            .filter(|&i| matches!(self.g[i], Vertex::Node(_)))
-            .map(NodeId)
+        self.g.node_indices().filter(|&i| matches!(self.g[i], Vertex::Node(_))).map(NodeId)
     }
 
     pub fn node_count(&self) -> usize {
@@ -564,17 +508,12 @@ impl Graph {
             match u {
                 Use::Input(slot) => self.set_input(n, slot, Some(new)),
                 Use::Capture => {
-                    let (old_name, new_name) =
-                        (self.value(old).name.clone(), self.value(new).name.clone());
+                    let (old_name, new_name) = (self.value(old).name.clone(), self.value(new).name.clone());
                     for sg in self.node_mut(n).subgraphs_mut() {
                         sg.rename_outer(&old_name, &new_name);
                     }
-                    let caps: Vec<ValueId> = self
-                        .node(n)
-                        .captures
-                        .iter()
-                        .map(|&c| if c == old { new } else { c })
-                        .collect();
+                    let caps: Vec<ValueId> =
+                        self.node(n).captures.iter().map(|&c| if c == old { new } else { c }).collect();
                     let mut dedup = Vec::new();
                     for c in caps {
                         if !dedup.contains(&c) {
@@ -636,11 +575,7 @@ impl Graph {
         if order.len() == total {
             Ok(order)
         } else {
-            let mut stuck: Vec<NodeId> = indeg
-                .iter()
-                .filter(|(_, d)| **d > 0)
-                .map(|(n, _)| NodeId(*n))
-                .collect();
+            let mut stuck: Vec<NodeId> = indeg.iter().filter(|(_, d)| **d > 0).map(|(n, _)| NodeId(*n)).collect();
             stuck.sort_by_key(|n| self.node(*n).seq);
             Err(stuck)
         }
@@ -682,52 +617,18 @@ impl Graph {
 
     /// Total parameters (elements of dense initializers), recursively through subgraphs.
     pub fn param_count(&self) -> u64 {
-        let own: u64 = self
-            .initializers
-            .iter()
-            .filter_map(|&v| self.value(v).tensor())
-            .filter_map(|t| t.numel())
-            .sum();
-        own + self
-            .nodes()
-            .map(|n| {
-                self.node(n)
-                    .subgraphs()
-                    .map(|g| g.param_count())
-                    .sum::<u64>()
-            })
-            .sum::<u64>()
+        let own: u64 = self.initializers.iter().filter_map(|&v| self.value(v).tensor()).filter_map(|t| t.numel()).sum();
+        own + self.nodes().map(|n| self.node(n).subgraphs().map(|g| g.param_count()).sum::<u64>()).sum::<u64>()
     }
 
     /// Bytes of initializer data, recursively.
     pub fn param_bytes(&self) -> u64 {
-        let own: u64 = self
-            .initializers
-            .iter()
-            .filter_map(|&v| self.value(v).tensor())
-            .map(|t| t.byte_size())
-            .sum();
-        own + self
-            .nodes()
-            .map(|n| {
-                self.node(n)
-                    .subgraphs()
-                    .map(|g| g.param_bytes())
-                    .sum::<u64>()
-            })
-            .sum::<u64>()
+        let own: u64 = self.initializers.iter().filter_map(|&v| self.value(v).tensor()).map(|t| t.byte_size()).sum();
+        own + self.nodes().map(|n| self.node(n).subgraphs().map(|g| g.param_bytes()).sum::<u64>()).sum::<u64>()
     }
 
     /// Node count including nodes of subgraphs.
     pub fn node_count_deep(&self) -> usize {
-        self.nodes()
-            .map(|n| {
-                1 + self
-                    .node(n)
-                    .subgraphs()
-                    .map(|g| g.node_count_deep())
-                    .sum::<usize>()
-            })
-            .sum()
+        self.nodes().map(|n| 1 + self.node(n).subgraphs().map(|g| g.node_count_deep()).sum::<usize>()).sum()
     }
 }

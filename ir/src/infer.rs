@@ -4,8 +4,8 @@
 //! overrides a declared type.
 
 use crate::{
-    AttrList, DType, Dim, DimValue, Graph, Init, NodeId, Op, Shape, Tensor, TensorData, Type,
-    TypeKind, TypedData, ValueId,
+    AttrList, DType, Dim, DimValue, Graph, Init, NodeId, Op, Shape, Tensor, TensorData, Type, TypeKind, TypedData,
+    ValueId,
 };
 use std::collections::HashMap;
 
@@ -35,33 +35,17 @@ impl SymTensor {
         let vals = self.known()?;
         let raw: Vec<u8> = match self.dtype {
             DType::I64 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::I32 => vals
-                .iter()
-                .flat_map(|v| (*v as i32).to_le_bytes())
-                .collect(),
+            DType::I32 => vals.iter().flat_map(|v| (*v as i32).to_le_bytes()).collect(),
             DType::Bool => vals.iter().map(|v| u8::from(*v != 0)).collect(),
             _ => return None,
         };
-        Some(Tensor::from_raw(
-            name,
-            self.dtype,
-            self.dims.iter().map(|&d| d as i64).collect(),
-            raw.into(),
-        ))
+        Some(Tensor::from_raw(name, self.dtype, self.dims.iter().map(|&d| d as i64).collect(), raw.into()))
     }
     fn scalar(dtype: DType, v: DimValue) -> SymTensor {
-        SymTensor {
-            dtype,
-            dims: vec![],
-            data: vec![v],
-        }
+        SymTensor { dtype, dims: vec![], data: vec![v] }
     }
     fn vector(dtype: DType, v: Vec<DimValue>) -> SymTensor {
-        SymTensor {
-            dtype,
-            dims: vec![v.len()],
-            data: v,
-        }
+        SymTensor { dtype, dims: vec![v.len()], data: v }
     }
 }
 
@@ -140,10 +124,7 @@ fn tensor_type(t: &Tensor) -> Type {
 }
 
 fn sym_of_tensor(t: &Tensor) -> Option<SymTensor> {
-    if !matches!(
-        t.dtype,
-        DType::I64 | DType::I32 | DType::Bool | DType::U8 | DType::I8
-    ) {
+    if !matches!(t.dtype, DType::I64 | DType::I32 | DType::Bool | DType::U8 | DType::I8) {
         return None;
     }
     let n = t.numel()? as usize;
@@ -153,11 +134,7 @@ fn sym_of_tensor(t: &Tensor) -> Option<SymTensor> {
     let vals = match (&t.data, t.dtype) {
         (TensorData::Typed(TypedData::Int64(v)), _) => v.clone(),
         (TensorData::Typed(TypedData::Int32(v)), _) => v.iter().map(|&x| x as i64).collect(),
-        (_, DType::Bool) => t
-            .packed_bytes()?
-            .iter()
-            .map(|&b| i64::from(b != 0))
-            .collect(),
+        (_, DType::Bool) => t.packed_bytes()?.iter().map(|&b| i64::from(b != 0)).collect(),
         _ => t.to_i64_vec()?,
     };
     if vals.len() != n {
@@ -184,20 +161,13 @@ type Out = (Option<Type>, Option<SymTensor>);
 
 fn ttype(elem: Option<DType>, shape: Option<Shape>) -> Option<Type> {
     elem.map(|e| Type {
-        kind: TypeKind::Tensor {
-            elem: Some(e),
-            elem_code: Some(e.onnx_code()),
-            shape,
-        },
+        kind: TypeKind::Tensor { elem: Some(e), elem_code: Some(e.onnx_code()), shape },
         denotation: None,
     })
 }
 
 fn dim_from(v: &DimValue) -> Dim {
-    Dim {
-        value: v.clone(),
-        denotation: None,
-    }
+    Dim { value: v.clone(), denotation: None }
 }
 
 fn norm_axis(a: i64, rank: usize) -> Option<usize> {
@@ -249,10 +219,7 @@ fn binary_values(
     let sa: Shape = a.dims.iter().map(|&d| Dim::known(d as i64)).collect();
     let sb: Shape = b.dims.iter().map(|&d| Dim::known(d as i64)).collect();
     let out = broadcast(&[&sa, &sb])?;
-    let dims: Vec<usize> = out
-        .iter()
-        .map(|d| d.as_known().map(|v| v as usize))
-        .collect::<Option<_>>()?;
+    let dims: Vec<usize> = out.iter().map(|d| d.as_known().map(|v| v as usize)).collect::<Option<_>>()?;
     let total: usize = dims.iter().product();
     if total > MAX_TRACKED {
         return None;
@@ -280,17 +247,11 @@ fn binary_values(
         let x = &a.data[index(a, i)];
         let y = &b.data[index(b, i)];
         data.push(match (x, y) {
-            (DimValue::Known(x), DimValue::Known(y)) => {
-                f(*x, *y).map(DimValue::Known).unwrap_or(DimValue::Unknown)
-            }
+            (DimValue::Known(x), DimValue::Known(y)) => f(*x, *y).map(DimValue::Known).unwrap_or(DimValue::Unknown),
             _ => DimValue::Unknown,
         });
     }
-    Some(SymTensor {
-        dtype: out_dtype,
-        dims,
-        data,
-    })
+    Some(SymTensor { dtype: out_dtype, dims, data })
 }
 
 fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
@@ -360,11 +321,9 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                         .data
                         .iter()
                         .map(|d| match d {
-                            DimValue::Known(x) => DimValue::Known(if neg {
-                                x.wrapping_neg()
-                            } else {
-                                x.wrapping_abs()
-                            }),
+                            DimValue::Known(x) => {
+                                DimValue::Known(if neg { x.wrapping_neg() } else { x.wrapping_abs() })
+                            }
                             _ => DimValue::Unknown,
                         })
                         .collect();
@@ -381,10 +340,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             o.push((ttype(Some(DType::Bool), shape(0)), None));
             o
         }
-        Op::LayerNormalization
-        | Op::BatchNormalization
-        | Op::GroupNormalization
-        | Op::RMSNormalization => same(),
+        Op::LayerNormalization | Op::BatchNormalization | Op::GroupNormalization | Op::RMSNormalization => same(),
         Op::Add
         | Op::Sub
         | Op::Mul
@@ -401,17 +357,12 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
         | Op::BitwiseXor
         | Op::BitShift => {
             let shapes: Vec<Shape> = (0..node.inputs().len()).filter_map(shape).collect();
-            let out_shape = if shapes.len() == node.inputs().len() {
-                broadcast(&shapes.iter().collect::<Vec<_>>())
-            } else {
-                None
-            };
+            let out_shape =
+                if shapes.len() == node.inputs().len() { broadcast(&shapes.iter().collect::<Vec<_>>()) } else { None };
             let value = match (&node.op, val(0), val(1)) {
-                (
-                    op @ (Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min | Op::Mod),
-                    Some(a),
-                    Some(b),
-                ) if node.inputs().len() == 2 => {
+                (op @ (Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min | Op::Mod), Some(a), Some(b))
+                    if node.inputs().len() == 2 =>
+                {
                     let dt = a.dtype;
                     let op = op.clone();
                     binary_values(
@@ -424,9 +375,9 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                             Op::Div => (y != 0).then(|| x.wrapping_div(y)),
                             Op::Max => Some(x.max(y)),
                             Op::Min => Some(x.min(y)),
-                            Op::Mod => (y != 0).then(|| {
-                                x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 }
-                            }),
+                            Op::Mod => {
+                                (y != 0).then(|| x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 })
+                            }
                             _ => None,
                         },
                         dt,
@@ -436,28 +387,15 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             };
             vec![(ttype(elem(0), out_shape), value)]
         }
-        Op::Equal
-        | Op::Less
-        | Op::Greater
-        | Op::LessOrEqual
-        | Op::GreaterOrEqual
-        | Op::And
-        | Op::Or
-        | Op::Xor => {
+        Op::Equal | Op::Less | Op::Greater | Op::LessOrEqual | Op::GreaterOrEqual | Op::And | Op::Or | Op::Xor => {
             let out = match (shape(0), shape(1)) {
                 (Some(a), Some(b)) => broadcast(&[&a, &b]),
                 _ => None,
             };
             let value = match (&node.op, val(0), val(1)) {
-                (Op::Equal, Some(a), Some(b)) => {
-                    binary_values(a, b, |x, y| Some(i64::from(x == y)), DType::Bool)
-                }
-                (Op::Less, Some(a), Some(b)) => {
-                    binary_values(a, b, |x, y| Some(i64::from(x < y)), DType::Bool)
-                }
-                (Op::Greater, Some(a), Some(b)) => {
-                    binary_values(a, b, |x, y| Some(i64::from(x > y)), DType::Bool)
-                }
+                (Op::Equal, Some(a), Some(b)) => binary_values(a, b, |x, y| Some(i64::from(x == y)), DType::Bool),
+                (Op::Less, Some(a), Some(b)) => binary_values(a, b, |x, y| Some(i64::from(x < y)), DType::Bool),
+                (Op::Greater, Some(a), Some(b)) => binary_values(a, b, |x, y| Some(i64::from(x > y)), DType::Bool),
                 _ => None,
             };
             vec![(ttype(Some(DType::Bool), out), value)]
@@ -468,22 +406,20 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 _ => None,
             };
             let value = match (val(0), val(1), val(2)) {
-                (Some(c), Some(x), Some(y)) if c.dims == x.dims && x.dims == y.dims => {
-                    Some(SymTensor {
-                        dtype: x.dtype,
-                        dims: x.dims.clone(),
-                        data: c
-                            .data
-                            .iter()
-                            .zip(x.data.iter().zip(&y.data))
-                            .map(|(c, (a, b))| match c {
-                                DimValue::Known(0) => b.clone(),
-                                DimValue::Known(_) => a.clone(),
-                                _ => DimValue::Unknown,
-                            })
-                            .collect(),
-                    })
-                }
+                (Some(c), Some(x), Some(y)) if c.dims == x.dims && x.dims == y.dims => Some(SymTensor {
+                    dtype: x.dtype,
+                    dims: x.dims.clone(),
+                    data: c
+                        .data
+                        .iter()
+                        .zip(x.data.iter().zip(&y.data))
+                        .map(|(c, (a, b))| match c {
+                            DimValue::Known(0) => b.clone(),
+                            DimValue::Known(_) => a.clone(),
+                            _ => DimValue::Unknown,
+                        })
+                        .collect(),
+                }),
                 _ => None,
             };
             vec![(ttype(elem(1), out), value)]
@@ -492,10 +428,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             let to = attrs.get_int("to").and_then(|c| DType::from_onnx(c as i32));
             let value = match (val(0), to) {
                 (Some(v), Some(t @ (DType::I64 | DType::I32))) if v.dtype != DType::Bool => {
-                    Some(SymTensor {
-                        dtype: t,
-                        ..v.clone()
-                    })
+                    Some(SymTensor { dtype: t, ..v.clone() })
                 }
                 _ => None,
             };
@@ -510,22 +443,14 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             let clamp = |v: i64| if v < 0 { (v + r).clamp(0, r) } else { v.clamp(0, r) } as usize;
             let start = clamp(attrs.get_int("start").unwrap_or(0));
             let end = clamp(attrs.get_int("end").unwrap_or(r));
-            let dims: Vec<DimValue> = if start < end {
-                s[start..end].iter().map(|d| d.value.clone()).collect()
-            } else {
-                vec![]
-            };
+            let dims: Vec<DimValue> =
+                if start < end { s[start..end].iter().map(|d| d.value.clone()).collect() } else { vec![] };
             let len = dims.len() as i64;
-            vec![(
-                ttype(Some(DType::I64), Some(vec![Dim::known(len)])),
-                Some(SymTensor::vector(DType::I64, dims)),
-            )]
+            vec![(ttype(Some(DType::I64), Some(vec![Dim::known(len)])), Some(SymTensor::vector(DType::I64, dims)))]
         }
         Op::Size => {
-            let value = shape(0).and_then(|s| {
-                s.iter()
-                    .try_fold(1i64, |acc, d| d.as_known().and_then(|k| acc.checked_mul(k)))
-            });
+            let value =
+                shape(0).and_then(|s| s.iter().try_fold(1i64, |acc, d| d.as_known().and_then(|k| acc.checked_mul(k))));
             vec![(
                 ttype(Some(DType::I64), Some(vec![])),
                 value.map(|v| SymTensor::scalar(DType::I64, DimValue::Known(v))),
@@ -535,29 +460,18 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             let t = if let Some(t) = attrs.get_tensor("value") {
                 Some(t.clone())
             } else if let Some(i) = attrs.get_int("value_int") {
-                Some(Tensor::from_raw(
-                    None,
-                    DType::I64,
-                    vec![],
-                    i.to_le_bytes().to_vec().into(),
-                ))
+                Some(Tensor::from_raw(None, DType::I64, vec![], i.to_le_bytes().to_vec().into()))
             } else if let Some(v) = attrs.get_ints("value_ints") {
                 Some(Tensor::from_raw(
                     None,
                     DType::I64,
                     vec![v.len() as i64],
-                    v.iter()
-                        .flat_map(|x| x.to_le_bytes())
-                        .collect::<Vec<u8>>()
-                        .into(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
                 ))
             } else if attrs.get_float("value_float").is_some() {
                 return vec![(ttype(Some(DType::F32), Some(vec![])), None)];
             } else if let Some(v) = attrs.get_floats("value_floats") {
-                return vec![(
-                    ttype(Some(DType::F32), Some(vec![Dim::known(v.len() as i64)])),
-                    None,
-                )];
+                return vec![(ttype(Some(DType::F32), Some(vec![Dim::known(v.len() as i64)])), None)];
             } else {
                 None
             };
@@ -567,26 +481,15 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             }
         }
         Op::ConstantOfShape => {
-            let dtype = attrs
-                .get_tensor("value")
-                .map(|t| t.dtype)
-                .unwrap_or(DType::F32);
+            let dtype = attrs.get_tensor("value").map(|t| t.dtype).unwrap_or(DType::F32);
             let dims = val(0).map(|v| v.data.iter().map(dim_from).collect::<Shape>());
-            let value = match (
-                val(0).and_then(|v| v.known()),
-                attrs.get_tensor("value").and_then(sym_of_tensor),
-            ) {
-                (Some(d), fill)
-                    if matches!(dtype, DType::I64 | DType::I32)
-                        || attrs.get_tensor("value").is_none() =>
-                {
+            let value = match (val(0).and_then(|v| v.known()), attrs.get_tensor("value").and_then(sym_of_tensor)) {
+                (Some(d), fill) if matches!(dtype, DType::I64 | DType::I32) || attrs.get_tensor("value").is_none() => {
                     let total: i64 = d.iter().product();
                     if dtype == DType::F32 || total < 0 || total as usize > MAX_TRACKED {
                         None
                     } else {
-                        let fillv = fill
-                            .and_then(|f| f.data.first().cloned())
-                            .unwrap_or(DimValue::Known(0));
+                        let fillv = fill.and_then(|f| f.data.first().cloned()).unwrap_or(DimValue::Known(0));
                         Some(SymTensor {
                             dtype,
                             dims: d.iter().map(|&x| x as usize).collect(),
@@ -598,34 +501,16 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             };
             vec![(ttype(Some(dtype), dims), value)]
         }
-        Op::Range => vec![(
-            ttype(
-                elem(0),
-                shape(0)
-                    .map(|_| vec![Dim::unknown()])
-                    .or(Some(vec![Dim::unknown()])),
-            ),
-            None,
-        )],
+        Op::Range => {
+            vec![(ttype(elem(0), shape(0).map(|_| vec![Dim::unknown()]).or(Some(vec![Dim::unknown()]))), None)]
+        }
         Op::MatMul | Op::MatMulInteger => {
-            let out_elem = if node.op == Op::MatMulInteger {
-                Some(DType::I32)
-            } else {
-                elem(0)
-            };
+            let out_elem = if node.op == Op::MatMulInteger { Some(DType::I32) } else { elem(0) };
             let s = match (shape(0), shape(1)) {
                 (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
                     let (a1, b1) = (a.len() == 1, b.len() == 1);
-                    let a2: Shape = if a1 {
-                        vec![Dim::known(1), a[0].clone()]
-                    } else {
-                        a.clone()
-                    };
-                    let b2: Shape = if b1 {
-                        vec![b[0].clone(), Dim::known(1)]
-                    } else {
-                        b.clone()
-                    };
+                    let a2: Shape = if a1 { vec![Dim::known(1), a[0].clone()] } else { a.clone() };
+                    let b2: Shape = if b1 { vec![b[0].clone(), Dim::known(1)] } else { b.clone() };
                     let batch_a: Shape = a2[..a2.len() - 2].to_vec();
                     let batch_b: Shape = b2[..b2.len() - 2].to_vec();
                     broadcast(&[&batch_a, &batch_b]).map(|mut out| {
@@ -655,21 +540,9 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             vec![(ttype(elem(0), s), None)]
         }
         Op::Conv | Op::MaxPool | Op::AveragePool | Op::LpPool | Op::ConvInteger => {
-            let s = conv_shape(
-                g,
-                n,
-                shape(0),
-                if matches!(node.op, Op::Conv | Op::ConvInteger) {
-                    shape(1)
-                } else {
-                    None
-                },
-            );
-            let out_elem = if node.op == Op::ConvInteger {
-                Some(DType::I32)
-            } else {
-                elem(0)
-            };
+            let s =
+                conv_shape(g, n, shape(0), if matches!(node.op, Op::Conv | Op::ConvInteger) { shape(1) } else { None });
+            let out_elem = if node.op == Op::ConvInteger { Some(DType::I32) } else { elem(0) };
             let mut o = vec![(ttype(out_elem, s.clone()), None)];
             if node.op == Op::MaxPool {
                 o.push((ttype(Some(DType::I64), s), None));
@@ -677,28 +550,19 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             o
         }
         Op::GlobalAveragePool | Op::GlobalMaxPool | Op::GlobalLpPool => {
-            let s = shape(0).map(|s| {
-                s.iter()
-                    .enumerate()
-                    .map(|(i, d)| if i < 2 { d.clone() } else { Dim::known(1) })
-                    .collect()
-            });
+            let s = shape(0)
+                .map(|s| s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::known(1) }).collect());
             vec![(ttype(elem(0), s), None)]
         }
         Op::Flatten => {
             let s = shape(0).and_then(|s| {
                 let axis = norm_axis(attrs.get_int("axis").unwrap_or(1), s.len() + 1)?;
                 let prod = |d: &[Dim]| -> Dim {
-                    d.iter()
-                        .try_fold(1i64, |acc, x| x.as_known().map(|k| acc * k))
-                        .map(Dim::known)
-                        .unwrap_or_else(|| {
-                            if d.len() == 1 {
-                                d[0].clone()
-                            } else {
-                                Dim::unknown()
-                            }
-                        })
+                    d.iter().try_fold(1i64, |acc, x| x.as_known().map(|k| acc * k)).map(Dim::known).unwrap_or_else(
+                        || {
+                            if d.len() == 1 { d[0].clone() } else { Dim::unknown() }
+                        },
+                    )
                 };
                 Some(vec![prod(&s[..axis]), prod(&s[axis..])])
             });
@@ -709,8 +573,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             let s = val(1).and_then(|target| reshape_shape(shape(0).as_ref(), target, allowzero));
             let value = match (val(0), &s) {
                 (Some(v), Some(s)) => {
-                    let dims: Option<Vec<usize>> =
-                        s.iter().map(|d| d.as_known().map(|k| k as usize)).collect();
+                    let dims: Option<Vec<usize>> = s.iter().map(|d| d.as_known().map(|k| k as usize)).collect();
                     dims.map(|dims| SymTensor { dims, ..v.clone() })
                 }
                 _ => None,
@@ -719,16 +582,12 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
         }
         Op::Transpose => {
             let s = shape(0).and_then(|s| {
-                let perm: Vec<i64> = attrs
-                    .get_ints("perm")
-                    .map(|p| p.to_vec())
-                    .unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+                let perm: Vec<i64> =
+                    attrs.get_ints("perm").map(|p| p.to_vec()).unwrap_or_else(|| (0..s.len() as i64).rev().collect());
                 if perm.len() != s.len() {
                     return None;
                 }
-                perm.iter()
-                    .map(|&p| s.get(p as usize).cloned())
-                    .collect::<Option<Shape>>()
+                perm.iter().map(|&p| s.get(p as usize).cloned()).collect::<Option<Shape>>()
             });
             vec![(ttype(elem(0), s), None)]
         }
@@ -742,9 +601,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                         return None;
                     }
                     let mut out = shapes[0].clone();
-                    let total = shapes
-                        .iter()
-                        .try_fold(0i64, |acc, s| s[axis].as_known().map(|k| acc + k));
+                    let total = shapes.iter().try_fold(0i64, |acc, s| s[axis].as_known().map(|k| acc + k));
                     out[axis] = total.map(Dim::known).unwrap_or_else(Dim::unknown);
                     Some(out)
                 })
@@ -755,13 +612,9 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 && k > 0
                 && attrs.get_int("axis").unwrap_or(0) == 0
             {
-                let data: Vec<DimValue> = (0..k)
-                    .flat_map(|i| val(i).map(|v| v.data.clone()).unwrap_or_default())
-                    .collect();
-                Some(SymTensor::vector(
-                    val(0).map(|v| v.dtype).unwrap_or(DType::I64),
-                    data,
-                ))
+                let data: Vec<DimValue> =
+                    (0..k).flat_map(|i| val(i).map(|v| v.data.clone()).unwrap_or_default()).collect();
+                Some(SymTensor::vector(val(0).map(|v| v.dtype).unwrap_or(DType::I64), data))
             } else {
                 None
             };
@@ -789,11 +642,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                             })
                             .collect()
                     });
-                    picked.map(|data| SymTensor {
-                        dtype: d.dtype,
-                        dims: idx.dims.clone(),
-                        data,
-                    })
+                    picked.map(|data| SymTensor { dtype: d.dtype, dims: idx.dims.clone(), data })
                 }
                 _ => None,
             };
@@ -806,12 +655,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                     None => Some(vec![]),
                 }
             } else {
-                Some(
-                    attrs
-                        .get_ints("axes")
-                        .map(|a| a.to_vec())
-                        .unwrap_or_default(),
-                )
+                Some(attrs.get_ints("axes").map(|a| a.to_vec()).unwrap_or_default())
             };
             let squeeze = node.op == Op::Squeeze;
             let s = match (shape(0), &axes) {
@@ -819,30 +663,19 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                     if squeeze {
                         if axes.is_empty() {
                             if s.iter().all(|d| d.as_known().is_some()) {
-                                Some(
-                                    s.iter()
-                                        .filter(|d| d.as_known() != Some(1))
-                                        .cloned()
-                                        .collect::<Shape>(),
-                                )
+                                Some(s.iter().filter(|d| d.as_known() != Some(1)).cloned().collect::<Shape>())
                             } else {
                                 None
                             }
                         } else {
-                            let ax: Option<Vec<usize>> =
-                                axes.iter().map(|&a| norm_axis(a, s.len())).collect();
+                            let ax: Option<Vec<usize>> = axes.iter().map(|&a| norm_axis(a, s.len())).collect();
                             ax.map(|ax| {
-                                s.iter()
-                                    .enumerate()
-                                    .filter(|(i, _)| !ax.contains(i))
-                                    .map(|(_, d)| d.clone())
-                                    .collect()
+                                s.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect()
                             })
                         }
                     } else {
                         let r = s.len() + axes.len();
-                        let ax: Option<Vec<usize>> =
-                            axes.iter().map(|&a| norm_axis(a, r)).collect();
+                        let ax: Option<Vec<usize>> = axes.iter().map(|&a| norm_axis(a, r)).collect();
                         ax.map(|ax| {
                             let mut it = s.iter();
                             (0..r)
@@ -861,8 +694,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             };
             let value = match (val(0), &s) {
                 (Some(v), Some(s)) => {
-                    let dims: Option<Vec<usize>> =
-                        s.iter().map(|d| d.as_known().map(|k| k as usize)).collect();
+                    let dims: Option<Vec<usize>> = s.iter().map(|d| d.as_known().map(|k| k as usize)).collect();
                     dims.map(|dims| SymTensor { dims, ..v.clone() })
                 }
                 _ => None,
@@ -881,9 +713,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 None => starts.as_ref().map(|s| vec![1; s.len()]),
             };
             let (s, value) = match (shape(0), starts, ends, axes, steps) {
-                (Some(sh), Some(st), Some(en), Some(ax), Some(sp)) => {
-                    slice_shape(&sh, &st, &en, &ax, &sp, val(0))
-                }
+                (Some(sh), Some(st), Some(en), Some(ax), Some(sp)) => slice_shape(&sh, &st, &en, &ax, &sp, val(0)),
                 _ => (None, None),
             };
             vec![(ttype(elem(0), s), value)]
@@ -907,9 +737,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                             if k == 1 {
                                 d.clone()
                             } else {
-                                d.as_known()
-                                    .map(|x| Dim::known(x * k))
-                                    .unwrap_or_else(Dim::unknown)
+                                d.as_known().map(|x| Dim::known(x * k)).unwrap_or_else(Dim::unknown)
                             }
                         })
                         .collect(),
@@ -930,9 +758,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 Some(s) => match norm_axis(axis, s.len()) {
                     Some(a) => {
                         let sizes = sizes.or_else(|| {
-                            s[a].as_known()
-                                .filter(|d| k > 0 && d % k as i64 == 0)
-                                .map(|d| vec![d / k as i64; k])
+                            s[a].as_known().filter(|d| k > 0 && d % k as i64 == 0).map(|d| vec![d / k as i64; k])
                         });
                         (0..k)
                             .map(|i| {
@@ -950,10 +776,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 },
                 None => vec![None; k],
             };
-            shapes
-                .into_iter()
-                .map(|s| (ttype(elem(0), s), None))
-                .collect()
+            shapes.into_iter().map(|s| (ttype(elem(0), s), None)).collect()
         }
         Op::ReduceMean
         | Op::ReduceSum
@@ -982,24 +805,18 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             let s = match (shape(0), axes) {
                 (Some(s), Some(axes)) => {
                     let ax: Option<Vec<usize>> = if axes.is_empty() {
-                        if noop {
-                            Some(vec![])
-                        } else {
-                            Some((0..s.len()).collect())
-                        }
+                        if noop { Some(vec![]) } else { Some((0..s.len()).collect()) }
                     } else {
                         axes.iter().map(|&a| norm_axis(a, s.len())).collect()
                     };
                     ax.map(|ax| {
                         s.iter()
                             .enumerate()
-                            .filter_map(|(i, d)| {
-                                if ax.contains(&i) {
-                                    keep.then(|| Dim::known(1))
-                                } else {
-                                    Some(d.clone())
-                                }
-                            })
+                            .filter_map(
+                                |(i, d)| {
+                                    if ax.contains(&i) { keep.then(|| Dim::known(1)) } else { Some(d.clone()) }
+                                },
+                            )
                             .collect()
                     })
                 }
@@ -1008,11 +825,8 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             vec![(ttype(if arg { Some(DType::I64) } else { elem(0) }, s), None)]
         }
         Op::Pad => {
-            let pads = if opset >= 11 {
-                val(1).and_then(|v| v.known())
-            } else {
-                attrs.get_ints("pads").map(|p| p.to_vec())
-            };
+            let pads =
+                if opset >= 11 { val(1).and_then(|v| v.known()) } else { attrs.get_ints("pads").map(|p| p.to_vec()) };
             let s = match (shape(0), pads) {
                 (Some(s), Some(p)) if p.len() == 2 * s.len() && input(3).is_none() => Some(
                     s.iter()
@@ -1022,9 +836,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                             if add == 0 {
                                 d.clone()
                             } else {
-                                d.as_known()
-                                    .map(|k| Dim::known(k + add))
-                                    .unwrap_or_else(Dim::unknown)
+                                d.as_known().map(|k| Dim::known(k + add)).unwrap_or_else(Dim::unknown)
                             }
                         })
                         .collect(),
@@ -1034,26 +846,16 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             vec![(ttype(elem(0), s), None)]
         }
         Op::QuantizeLinear => {
-            let out = input(2)
-                .and_then(|z| f.types.get(&z))
-                .and_then(|t| t.elem())
-                .or(Some(DType::U8));
+            let out = input(2).and_then(|z| f.types.get(&z)).and_then(|t| t.elem()).or(Some(DType::U8));
             vec![(ttype(out, shape(0)), None)]
         }
         Op::DequantizeLinear => {
-            let out = input(1)
-                .and_then(|s| f.types.get(&s))
-                .and_then(|t| t.elem())
-                .or(Some(DType::F32));
+            let out = input(1).and_then(|s| f.types.get(&s)).and_then(|t| t.elem()).or(Some(DType::F32));
             vec![(ttype(out, shape(0)), None)]
         }
-        Op::NonZero => vec![(
-            ttype(
-                Some(DType::I64),
-                shape(0).map(|s| vec![Dim::known(s.len() as i64), Dim::unknown()]),
-            ),
-            None,
-        )],
+        Op::NonZero => {
+            vec![(ttype(Some(DType::I64), shape(0).map(|s| vec![Dim::known(s.len() as i64), Dim::unknown()])), None)]
+        }
         Op::TopK => {
             let s = shape(0).map(|mut s| {
                 if let Some(a) = norm_axis(attrs.get_int("axis").unwrap_or(-1), s.len()) {
@@ -1065,10 +867,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 }
                 s
             });
-            vec![
-                (ttype(elem(0), s.clone()), None),
-                (ttype(Some(DType::I64), s), None),
-            ]
+            vec![(ttype(elem(0), s.clone()), None), (ttype(Some(DType::I64), s), None)]
         }
         Op::Resize | Op::Upsample => {
             let s = match (shape(0), node.inputs().len()) {
@@ -1094,28 +893,14 @@ fn conv_shape(g: &Graph, n: NodeId, x: Option<Shape>, w: Option<Shape>) -> Optio
     let spatial = x.len() - 2;
     let kernel: Vec<i64> = match a.get_ints("kernel_shape") {
         Some(k) => k.to_vec(),
-        None => w
-            .as_ref()?
-            .iter()
-            .skip(2)
-            .map(|d| d.as_known())
-            .collect::<Option<Vec<_>>>()?,
+        None => w.as_ref()?.iter().skip(2).map(|d| d.as_known()).collect::<Option<Vec<_>>>()?,
     };
     if kernel.len() != spatial {
         return None;
     }
-    let strides = a
-        .get_ints("strides")
-        .map(|v| v.to_vec())
-        .unwrap_or_else(|| vec![1; spatial]);
-    let dil = a
-        .get_ints("dilations")
-        .map(|v| v.to_vec())
-        .unwrap_or_else(|| vec![1; spatial]);
-    let pads = a
-        .get_ints("pads")
-        .map(|v| v.to_vec())
-        .unwrap_or_else(|| vec![0; 2 * spatial]);
+    let strides = a.get_ints("strides").map(|v| v.to_vec()).unwrap_or_else(|| vec![1; spatial]);
+    let dil = a.get_ints("dilations").map(|v| v.to_vec()).unwrap_or_else(|| vec![1; spatial]);
+    let pads = a.get_ints("pads").map(|v| v.to_vec()).unwrap_or_else(|| vec![0; 2 * spatial]);
     let auto = a.get_string("auto_pad").unwrap_or("NOTSET");
     let ceil = a.get_int("ceil_mode").unwrap_or(0) != 0;
     let channels = match &w {
@@ -1141,11 +926,7 @@ fn conv_shape(g: &Graph, n: NodeId, x: Option<Shape>, w: Option<Shape>) -> Optio
             "VALID" => (d - ek) / s + 1,
             _ => {
                 let total = d + pads.get(i)? + pads.get(i + spatial)? - ek;
-                if ceil {
-                    (total + s - 1) / s + 1
-                } else {
-                    total / s + 1
-                }
+                if ceil { (total + s - 1) / s + 1 } else { total / s + 1 }
             }
         };
         out.push(Dim::known(o));
@@ -1167,9 +948,7 @@ fn reshape_shape(input: Option<&Shape>, target: &SymTensor, allowzero: bool) -> 
         }
     }
     if let Some(at) = infer_at {
-        let total = input?
-            .iter()
-            .try_fold(1i64, |acc, d| d.as_known().map(|k| acc * k));
+        let total = input?.iter().try_fold(1i64, |acc, d| d.as_known().map(|k| acc * k));
         let rest = out
             .iter()
             .enumerate()
@@ -1182,15 +961,8 @@ fn reshape_shape(input: Option<&Shape>, target: &SymTensor, allowzero: bool) -> 
         } else if let Some(inp) = input {
             // [batch, 128] -> [-1, 128]: the free dim is the one symbol left over.
             let syms: Vec<&Dim> = inp.iter().filter(|d| d.as_known().is_none()).collect();
-            let out_syms = out
-                .iter()
-                .enumerate()
-                .filter(|(i, d)| *i != at && d.as_known().is_none())
-                .count();
-            let known_in: Option<i64> = inp
-                .iter()
-                .filter_map(|d| d.as_known())
-                .try_fold(1i64, |a, k| Some(a * k));
+            let out_syms = out.iter().enumerate().filter(|(i, d)| *i != at && d.as_known().is_none()).count();
+            let known_in: Option<i64> = inp.iter().filter_map(|d| d.as_known()).try_fold(1i64, |a, k| Some(a * k));
             let known_out: Option<i64> = out
                 .iter()
                 .enumerate()
@@ -1238,16 +1010,9 @@ fn slice_shape(
         if e < 0 {
             e += d;
         }
-        let (s, e) = if step > 0 {
-            (clampi(s, 0, d), clampi(e, 0, d))
-        } else {
-            (clampi(s, 0, d - 1), clampi(e, -1, d - 1))
-        };
-        let len = if step > 0 {
-            ((e - s).max(0) + step - 1) / step
-        } else {
-            ((s - e).max(0) + (-step) - 1) / (-step)
-        };
+        let (s, e) =
+            if step > 0 { (clampi(s, 0, d), clampi(e, 0, d)) } else { (clampi(s, 0, d - 1), clampi(e, -1, d - 1)) };
+        let len = if step > 0 { ((e - s).max(0) + step - 1) / step } else { ((s - e).max(0) + (-step) - 1) / (-step) };
         out[a] = Dim::known(len);
         ranges.push((a, s, step, len));
     }
@@ -1256,9 +1021,7 @@ fn slice_shape(
             return None;
         }
         let (_, s, step, len) = ranges[0];
-        let data = (0..len)
-            .map(|k| v.data.get((s + k * step) as usize).cloned())
-            .collect::<Option<Vec<_>>>()?;
+        let data = (0..len).map(|k| v.data.get((s + k * step) as usize).cloned()).collect::<Option<Vec<_>>>()?;
         Some(SymTensor::vector(v.dtype, data))
     });
     (Some(out), value)
@@ -1276,84 +1039,35 @@ mod tests {
     #[test]
     fn shape_arithmetic_through_gather_concat_reshape() {
         let mut g = Graph::new("g");
-        let x = g
-            .add_value(
-                "x",
-                t(
-                    DType::F32,
-                    vec![Dim::sym("batch"), Dim::known(4), Dim::known(8)],
-                ),
-            )
-            .unwrap();
+        let x = g.add_value("x", t(DType::F32, vec![Dim::sym("batch"), Dim::known(4), Dim::known(8)])).unwrap();
         g.inputs.push(Decl::new(x));
         let shp = g.add_value("shp", None).unwrap();
         let idx = g
-            .add_initializer(
-                "idx",
-                Tensor::from_raw(None, DType::I64, vec![], 0i64.to_le_bytes().to_vec().into()),
-            )
+            .add_initializer("idx", Tensor::from_raw(None, DType::I64, vec![], 0i64.to_le_bytes().to_vec().into()))
             .unwrap();
         let b = g.add_value("b", None).unwrap();
         let b1 = g.add_value("b1", None).unwrap();
         let ax = g
-            .add_initializer(
-                "ax",
-                Tensor::from_raw(
-                    None,
-                    DType::I64,
-                    vec![1],
-                    0i64.to_le_bytes().to_vec().into(),
-                ),
-            )
+            .add_initializer("ax", Tensor::from_raw(None, DType::I64, vec![1], 0i64.to_le_bytes().to_vec().into()))
             .unwrap();
         let rest = g
-            .add_initializer(
-                "rest",
-                Tensor::from_raw(
-                    None,
-                    DType::I64,
-                    vec![1],
-                    32i64.to_le_bytes().to_vec().into(),
-                ),
-            )
+            .add_initializer("rest", Tensor::from_raw(None, DType::I64, vec![1], 32i64.to_le_bytes().to_vec().into()))
             .unwrap();
         let target = g.add_value("target", None).unwrap();
         let y = g.add_value("y", None).unwrap();
-        g.add_node(NodeSpec::new(Op::Shape, vec![Some(x)], vec![Some(shp)]))
-            .unwrap();
-        g.add_node(NodeSpec::new(
-            Op::Gather,
-            vec![Some(shp), Some(idx)],
-            vec![Some(b)],
-        ))
-        .unwrap();
-        g.add_node(NodeSpec::new(
-            Op::Unsqueeze,
-            vec![Some(b), Some(ax)],
-            vec![Some(b1)],
-        ))
-        .unwrap();
+        g.add_node(NodeSpec::new(Op::Shape, vec![Some(x)], vec![Some(shp)])).unwrap();
+        g.add_node(NodeSpec::new(Op::Gather, vec![Some(shp), Some(idx)], vec![Some(b)])).unwrap();
+        g.add_node(NodeSpec::new(Op::Unsqueeze, vec![Some(b), Some(ax)], vec![Some(b1)])).unwrap();
         g.add_node(
             NodeSpec::new(Op::Concat, vec![Some(b1), Some(rest)], vec![Some(target)])
                 .attrs(vec![crate::Attribute::int("axis", 0)]),
         )
         .unwrap();
-        g.add_node(NodeSpec::new(
-            Op::Reshape,
-            vec![Some(x), Some(target)],
-            vec![Some(y)],
-        ))
-        .unwrap();
+        g.add_node(NodeSpec::new(Op::Reshape, vec![Some(x), Some(target)], vec![Some(y)])).unwrap();
         g.outputs.push(Decl::new(y));
         let f = infer(&g, 17);
-        assert_eq!(
-            f.shape(y).unwrap(),
-            &vec![Dim::sym("batch"), Dim::known(32)]
-        );
-        assert_eq!(
-            f.values[&target].data,
-            vec![DimValue::Sym("batch".into()), DimValue::Known(32)]
-        );
+        assert_eq!(f.shape(y).unwrap(), &vec![Dim::sym("batch"), Dim::known(32)]);
+        assert_eq!(f.values[&target].data, vec![DimValue::Sym("batch".into()), DimValue::Known(32)]);
         assert_eq!(f.elem(shp), Some(DType::I64));
     }
 
@@ -1361,10 +1075,7 @@ mod tests {
     fn conv_and_broadcast() {
         let a = vec![Dim::sym("n"), Dim::known(1), Dim::known(5)];
         let b = vec![Dim::known(3), Dim::known(1)];
-        assert_eq!(
-            broadcast(&[&a, &b]).unwrap(),
-            vec![Dim::sym("n"), Dim::known(3), Dim::known(5)]
-        );
+        assert_eq!(broadcast(&[&a, &b]).unwrap(), vec![Dim::sym("n"), Dim::known(3), Dim::known(5)]);
         assert!(broadcast(&[&vec![Dim::known(2)], &vec![Dim::known(3)]]).is_none());
     }
 }

@@ -13,11 +13,7 @@ pub struct OpsetImport {
 
 impl OpsetImport {
     pub fn new(domain: &str, version: i64) -> OpsetImport {
-        OpsetImport {
-            domain: Some(domain.to_string()),
-            version: Some(version),
-            extra: RawFields::default(),
-        }
+        OpsetImport { domain: Some(domain.to_string()), version: Some(version), extra: RawFields::default() }
     }
     /// The domain with the default domain spelled `""`.
     pub fn domain_name(&self) -> &str {
@@ -70,9 +66,6 @@ impl Model {
     /// The imported version of `domain` (`""` or `"ai.onnx"` for the default domain).
     pub fn opset(&self, domain: &str) -> Option<i64> {
         let domain = if domain == "ai.onnx" { "" } else { domain };
-        self.opset_imports
-            .iter()
-            .find(|o| o.domain_name() == domain)
-            .and_then(|o| o.version)
+        self.opset_imports.iter().find(|o| o.domain_name() == domain).and_then(|o| o.version)
     }
 }

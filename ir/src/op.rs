@@ -99,10 +99,7 @@ impl Op {
                 return op;
             }
         }
-        Op::Opaque {
-            domain: domain.to_string(),
-            op_type: op_type.to_string(),
-        }
+        Op::Opaque { domain: domain.to_string(), op_type: op_type.to_string() }
     }
 
     pub fn is_opaque(&self) -> bool {
@@ -156,22 +153,11 @@ impl Op {
                 ("strides", Ints),
                 ("p", Int),
             ],
-            Op::Gemm => &[
-                ("alpha", Float),
-                ("beta", Float),
-                ("transA", Int),
-                ("transB", Int),
-            ],
-            Op::BatchNormalization => &[
-                ("epsilon", Float),
-                ("momentum", Float),
-                ("training_mode", Int),
-            ],
+            Op::Gemm => &[("alpha", Float), ("beta", Float), ("transA", Int), ("transB", Int)],
+            Op::BatchNormalization => &[("epsilon", Float), ("momentum", Float), ("training_mode", Int)],
             Op::LayerNormalization => &[("axis", Int), ("epsilon", Float), ("stash_type", Int)],
             Op::Transpose => &[("perm", Ints)],
-            Op::Concat | Op::Softmax | Op::LogSoftmax | Op::Hardmax | Op::Flatten => {
-                &[("axis", Int)]
-            }
+            Op::Concat | Op::Softmax | Op::LogSoftmax | Op::Hardmax | Op::Flatten => &[("axis", Int)],
             Op::Gather | Op::GatherElements => &[("axis", Int)],
             Op::Split => &[("axis", Int), ("num_outputs", Int), ("split", Ints)],
             Op::Squeeze | Op::Unsqueeze => &[("axes", Ints)],
@@ -198,14 +184,8 @@ impl Op {
             | Op::ReduceL2
             | Op::ReduceLogSum
             | Op::ReduceLogSumExp
-            | Op::ReduceSumSquare => &[
-                ("axes", Ints),
-                ("keepdims", Int),
-                ("noop_with_empty_axes", Int),
-            ],
-            Op::ArgMax | Op::ArgMin => {
-                &[("axis", Int), ("keepdims", Int), ("select_last_index", Int)]
-            }
+            | Op::ReduceSumSquare => &[("axes", Ints), ("keepdims", Int), ("noop_with_empty_axes", Int)],
+            Op::ArgMax | Op::ArgMin => &[("axis", Int), ("keepdims", Int), ("select_last_index", Int)],
             Op::If => &[("then_branch", Graph), ("else_branch", Graph)],
             Op::Loop => &[("body", Graph)],
             Op::Scan => &[
@@ -216,12 +196,9 @@ impl Op {
                 ("scan_output_axes", Ints),
                 ("scan_output_directions", Ints),
             ],
-            Op::QuantizeLinear | Op::DequantizeLinear => &[
-                ("axis", Int),
-                ("block_size", Int),
-                ("output_dtype", Int),
-                ("saturate", Int),
-            ],
+            Op::QuantizeLinear | Op::DequantizeLinear => {
+                &[("axis", Int), ("block_size", Int), ("output_dtype", Int), ("saturate", Int)]
+            }
             Op::Resize => &[
                 ("antialias", Int),
                 ("axes", Ints),

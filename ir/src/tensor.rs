@@ -48,10 +48,7 @@ pub enum TensorData {
     /// One of the typed repeated fields.
     Typed(TypedData),
     /// Stored outside the model file; `bytes` is the mapped range.
-    External {
-        reference: ExternalRef,
-        bytes: Bytes,
-    },
+    External { reference: ExternalRef, bytes: Bytes },
     /// No data field at all (legal for empty tensors).
     Empty,
 }
@@ -87,9 +84,7 @@ impl Tensor {
 
     /// Number of elements, `None` on negative dims or overflow.
     pub fn numel(&self) -> Option<u64> {
-        self.dims.iter().try_fold(1u64, |acc, &d| {
-            u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
-        })
+        self.dims.iter().try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
     }
 
     /// Bytes of data held (raw, external or typed), for size reports.
@@ -118,38 +113,24 @@ impl Tensor {
     pub fn packed_bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
         use std::borrow::Cow;
         match &self.data {
-            TensorData::Raw(b) | TensorData::External { bytes: b, .. } => {
-                Some(Cow::Borrowed(&b[..]))
-            }
+            TensorData::Raw(b) | TensorData::External { bytes: b, .. } => Some(Cow::Borrowed(&b[..])),
             TensorData::Empty => Some(Cow::Borrowed(&[])),
             TensorData::Typed(t) => {
                 let mut out = Vec::new();
                 match (t, self.dtype) {
                     (TypedData::String(_), _) => return None,
-                    (TypedData::Float(v), _) => v
-                        .iter()
-                        .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-                    (TypedData::Double(v), _) => v
-                        .iter()
-                        .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-                    (TypedData::Int64(v), _) => v
-                        .iter()
-                        .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-                    (TypedData::Uint64(v), DType::U32) => v
-                        .iter()
-                        .for_each(|x| out.extend_from_slice(&(*x as u32).to_le_bytes())),
-                    (TypedData::Uint64(v), _) => v
-                        .iter()
-                        .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+                    (TypedData::Float(v), _) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+                    (TypedData::Double(v), _) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+                    (TypedData::Int64(v), _) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+                    (TypedData::Uint64(v), DType::U32) => {
+                        v.iter().for_each(|x| out.extend_from_slice(&(*x as u32).to_le_bytes()))
+                    }
+                    (TypedData::Uint64(v), _) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
                     (TypedData::Int32(v), d) => match d.bits() {
                         Some(8) => v.iter().for_each(|x| out.push(*x as u8)),
-                        Some(16) => v
-                            .iter()
-                            .for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes())),
+                        Some(16) => v.iter().for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes())),
                         Some(4) | Some(2) => v.iter().for_each(|x| out.push(*x as u8)),
-                        _ => v
-                            .iter()
-                            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+                        _ => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
                     },
                 }
                 Some(Cow::Owned(out))
@@ -166,11 +147,7 @@ impl Tensor {
             return Some(v.clone());
         }
         let b = self.packed_bytes()?;
-        Some(
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
+        Some(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// Integer values widened to i64 for integer tensors (copies); used for shapes and axes.
@@ -180,14 +157,8 @@ impl Tensor {
         }
         let b = self.packed_bytes()?;
         Some(match self.dtype {
-            DType::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                .collect(),
-            DType::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
+            DType::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
+            DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
             DType::U8 => b.iter().map(|&x| x as i64).collect(),
             DType::I8 => b.iter().map(|&x| x as i8 as i64).collect(),
             _ => return None,

@@ -11,23 +11,11 @@ pub fn model_to_text(m: &Model) -> String {
         .opset_imports
         .iter()
         .map(|o| {
-            let d = if o.domain_name().is_empty() {
-                "ai.onnx"
-            } else {
-                o.domain_name()
-            };
-            format!(
-                "{d}:{}",
-                o.version.map(|v| v.to_string()).unwrap_or("?".into())
-            )
+            let d = if o.domain_name().is_empty() { "ai.onnx" } else { o.domain_name() };
+            format!("{d}:{}", o.version.map(|v| v.to_string()).unwrap_or("?".into()))
         })
         .collect();
-    let _ = write!(
-        s,
-        "model ir_version={} opsets=[{}]",
-        opt(m.ir_version),
-        opsets.join(", ")
-    );
+    let _ = write!(s, "model ir_version={} opsets=[{}]", opt(m.ir_version), opsets.join(", "));
     if let Some(p) = &m.producer_name {
         let _ = write!(s, " producer={:?}", p);
     }
@@ -50,9 +38,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 }
 
 fn ty(t: &Option<Type>) -> String {
-    t.as_ref()
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| "?".into())
+    t.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into())
 }
 
 fn graph_text(g: &Graph, label: &str, depth: usize, s: &mut String) {
@@ -77,18 +63,12 @@ fn graph_text(g: &Graph, label: &str, depth: usize, s: &mut String) {
         let outs: Vec<String> = node
             .outputs()
             .iter()
-            .map(|o| {
-                o.map(|v| format!("%{}", g.value(v).name))
-                    .unwrap_or_else(|| "_".into())
-            })
+            .map(|o| o.map(|v| format!("%{}", g.value(v).name)).unwrap_or_else(|| "_".into()))
             .collect();
         let ins: Vec<String> = node
             .inputs()
             .iter()
-            .map(|o| {
-                o.map(|v| format!("%{}", g.value(v).name))
-                    .unwrap_or_else(|| "_".into())
-            })
+            .map(|o| o.map(|v| format!("%{}", g.value(v).name)).unwrap_or_else(|| "_".into()))
             .collect();
         let mut attrs = Vec::new();
         let mut subgraphs = Vec::new();
@@ -103,13 +83,7 @@ fn graph_text(g: &Graph, label: &str, depth: usize, s: &mut String) {
                 v => attrs.push(format!("{}={}", a.name, attr_text(v))),
             }
         }
-        let _ = write!(
-            s,
-            "{pad}  {} = {}({})",
-            outs.join(", "),
-            node.op,
-            ins.join(", ")
-        );
+        let _ = write!(s, "{pad}  {} = {}({})", outs.join(", "), node.op, ins.join(", "));
         if !attrs.is_empty() {
             let _ = write!(s, " {{{}}}", attrs.join(", "));
         }
@@ -141,11 +115,9 @@ fn attr_text(v: &AttrValue) -> String {
         AttrValue::Tensor(t) => tensor_text(t),
         AttrValue::Floats(v) => list(&v.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>()),
         AttrValue::Ints(v) => list(v),
-        AttrValue::Strings(v) => list(
-            &v.iter()
-                .map(|b| format!("{:?}", String::from_utf8_lossy(b)))
-                .collect::<Vec<_>>(),
-        ),
+        AttrValue::Strings(v) => {
+            list(&v.iter().map(|b| format!("{:?}", String::from_utf8_lossy(b))).collect::<Vec<_>>())
+        }
         AttrValue::Tensors(v) => list(&v.iter().map(tensor_text).collect::<Vec<_>>()),
         AttrValue::Type(t) => t.to_string(),
         AttrValue::Types(v) => list(v),
@@ -162,10 +134,7 @@ pub fn tensor_text(t: &Tensor) -> String {
     let numel = t.numel().unwrap_or(u64::MAX);
     if numel <= 8 {
         if let Some(v) = t.to_f32_vec() {
-            return format!(
-                "{head} = {}",
-                list(&v.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>())
-            );
+            return format!("{head} = {}", list(&v.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>()));
         }
         if let Some(v) = t.to_i64_vec() {
             return format!("{head} = {}", list(&v));

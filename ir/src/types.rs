@@ -21,22 +21,13 @@ pub struct Dim {
 
 impl Dim {
     pub fn known(n: i64) -> Dim {
-        Dim {
-            value: DimValue::Known(n),
-            denotation: None,
-        }
+        Dim { value: DimValue::Known(n), denotation: None }
     }
     pub fn sym(s: impl Into<String>) -> Dim {
-        Dim {
-            value: DimValue::Sym(s.into()),
-            denotation: None,
-        }
+        Dim { value: DimValue::Sym(s.into()), denotation: None }
     }
     pub fn unknown() -> Dim {
-        Dim {
-            value: DimValue::Unknown,
-            denotation: None,
-        }
+        Dim { value: DimValue::Unknown, denotation: None }
     }
     pub fn as_known(&self) -> Option<i64> {
         match self.value {
@@ -96,11 +87,7 @@ pub enum TypeKind {
 impl Type {
     pub fn tensor(elem: DType, shape: Shape) -> Type {
         Type {
-            kind: TypeKind::Tensor {
-                elem: Some(elem),
-                elem_code: Some(elem.onnx_code()),
-                shape: Some(shape),
-            },
+            kind: TypeKind::Tensor { elem: Some(elem), elem_code: Some(elem.onnx_code()), shape: Some(shape) },
             denotation: None,
         }
     }
@@ -145,19 +132,11 @@ impl fmt::Display for Type {
             }
         }
         match &self.kind {
-            TypeKind::Tensor {
-                elem: e,
-                elem_code,
-                shape: s,
-            } => {
+            TypeKind::Tensor { elem: e, elem_code, shape: s } => {
                 write!(f, "{}", elem(e, elem_code))?;
                 shape(f, s)
             }
-            TypeKind::SparseTensor {
-                elem: e,
-                elem_code,
-                shape: s,
-            } => {
+            TypeKind::SparseTensor { elem: e, elem_code, shape: s } => {
                 write!(f, "sparse<{}", elem(e, elem_code))?;
                 shape(f, s)?;
                 write!(f, ">")
@@ -167,10 +146,7 @@ impl fmt::Display for Type {
                 None => write!(f, "seq<?>"),
             },
             TypeKind::Map { key, value } => {
-                let k = key
-                    .and_then(DType::from_onnx)
-                    .map(|d| d.name().to_string())
-                    .unwrap_or("?".into());
+                let k = key.and_then(DType::from_onnx).map(|d| d.name().to_string()).unwrap_or("?".into());
                 match value {
                     Some(v) => write!(f, "map<{k},{v}>"),
                     None => write!(f, "map<{k},?>"),
@@ -180,12 +156,9 @@ impl fmt::Display for Type {
                 Some(t) => write!(f, "optional<{t}>"),
                 None => write!(f, "optional<?>"),
             },
-            TypeKind::Opaque { domain, name } => write!(
-                f,
-                "opaque<{}:{}>",
-                domain.as_deref().unwrap_or(""),
-                name.as_deref().unwrap_or("")
-            ),
+            TypeKind::Opaque { domain, name } => {
+                write!(f, "opaque<{}:{}>", domain.as_deref().unwrap_or(""), name.as_deref().unwrap_or(""))
+            }
             TypeKind::Unset => write!(f, "?"),
         }
     }

@@ -18,11 +18,7 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.node, &self.op) {
-            (Some(n), Some(op)) => write!(
-                f,
-                "node '{n}' ({op}) in graph {}: {}",
-                self.graph, self.message
-            ),
+            (Some(n), Some(op)) => write!(f, "node '{n}' ({op}) in graph {}: {}", self.graph, self.message),
             _ => write!(f, "graph {}: {}", self.graph, self.message),
         }
     }
@@ -49,11 +45,7 @@ pub fn verify_model(model: &Model) -> Result<(), Vec<Problem>> {
         }
         verify_graph_into(&model.graph, "main", &HashSet::new(), &mut problems);
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
 fn collect_domains(g: &Graph, out: &mut HashSet<String>) {
@@ -70,24 +62,13 @@ fn collect_domains(g: &Graph, out: &mut HashSet<String>) {
 pub fn verify_graph(g: &Graph) -> Result<(), Vec<Problem>> {
     let mut problems = Vec::new();
     verify_graph_into(g, "main", &HashSet::new(), &mut problems);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
 fn verify_graph_into(g: &Graph, path: &str, outer: &HashSet<String>, problems: &mut Vec<Problem>) {
-    let graph_problem = |message: String| Problem {
-        graph: path.to_string(),
-        node: None,
-        op: None,
-        message,
-    };
+    let graph_problem = |message: String| Problem { graph: path.to_string(), node: None, op: None, message };
     if let Some(name) = g.name_index_ok() {
-        problems.push(graph_problem(format!(
-            "value '{name}' is missing from the name index"
-        )));
+        problems.push(graph_problem(format!("value '{name}' is missing from the name index")));
     }
     let inputs: HashSet<ValueId> = g.inputs.iter().map(|d| d.value).collect();
     for v in g.values() {
@@ -124,10 +105,7 @@ fn verify_graph_into(g: &Graph, path: &str, outer: &HashSet<String>, problems: &
                 }
             }
             if g.is_graph_output(v) {
-                problems.push(graph_problem(format!(
-                    "graph output '{}' is never produced",
-                    val.name
-                )));
+                problems.push(graph_problem(format!("graph output '{}' is never produced", val.name)));
             }
         }
         if let Some(Init::Dense(t)) = &val.init {
@@ -138,28 +116,15 @@ fn verify_graph_into(g: &Graph, path: &str, outer: &HashSet<String>, problems: &
     }
     let order = g.topo_order();
     if let Err(stuck) = &order {
-        let names: Vec<String> = stuck
-            .iter()
-            .take(8)
-            .map(|&n| g.node(n).display_name())
-            .collect();
-        problems.push(graph_problem(format!(
-            "the graph has a cycle through nodes {}",
-            names.join(", ")
-        )));
+        let names: Vec<String> = stuck.iter().take(8).map(|&n| g.node(n).display_name()).collect();
+        problems.push(graph_problem(format!("the graph has a cycle through nodes {}", names.join(", "))));
     }
     for n in g.nodes() {
         verify_node(g, n, path, outer, problems);
     }
 }
 
-fn verify_node(
-    g: &Graph,
-    n: NodeId,
-    path: &str,
-    outer: &HashSet<String>,
-    problems: &mut Vec<Problem>,
-) {
+fn verify_node(g: &Graph, n: NodeId, path: &str, outer: &HashSet<String>, problems: &mut Vec<Problem>) {
     let node = g.node(n);
     let mut problem = |message: String| {
         problems.push(Problem {
@@ -170,43 +135,22 @@ fn verify_node(
         })
     };
     let (ins, outs) = g.edges_of(n);
-    let mut edge_inputs: Vec<(usize, ValueId)> = ins
-        .iter()
-        .filter_map(|(v, u)| {
-            if let Use::Input(i) = u {
-                Some((*i, *v))
-            } else {
-                None
-            }
-        })
-        .collect();
+    let mut edge_inputs: Vec<(usize, ValueId)> =
+        ins.iter().filter_map(|(v, u)| if let Use::Input(i) = u { Some((*i, *v)) } else { None }).collect();
     edge_inputs.sort();
-    let list_inputs: Vec<(usize, ValueId)> = node
-        .inputs()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| v.map(|v| (i, v)))
-        .collect();
+    let list_inputs: Vec<(usize, ValueId)> =
+        node.inputs().iter().enumerate().filter_map(|(i, v)| v.map(|v| (i, v))).collect();
     if edge_inputs != list_inputs {
         problem("input list and graph edges disagree".into());
     }
     let mut edge_outputs = outs.clone();
     edge_outputs.sort_by_key(|(_, i)| *i);
-    let list_outputs: Vec<(ValueId, usize)> = node
-        .outputs()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| v.map(|v| (v, i)))
-        .collect();
+    let list_outputs: Vec<(ValueId, usize)> =
+        node.outputs().iter().enumerate().filter_map(|(i, v)| v.map(|v| (v, i))).collect();
     if edge_outputs != list_outputs {
         problem("output list and graph edges disagree".into());
     }
-    for v in node
-        .inputs()
-        .iter()
-        .flatten()
-        .chain(node.outputs().iter().flatten())
-    {
+    for v in node.inputs().iter().flatten().chain(node.outputs().iter().flatten()) {
         if !g.contains_value(*v) {
             problem("refers to a removed value".into());
         }
@@ -215,12 +159,7 @@ fn verify_node(
         if let Some(a) = node.attrs.iter().find(|a| a.name == *name) {
             let ok = a.value.onnx_type() == kind.onnx_type() || matches!(a.value, AttrValue::None);
             if !ok {
-                problem(format!(
-                    "attribute '{}' must be of type {:?}, found {}",
-                    name,
-                    kind,
-                    a.value.kind_name()
-                ));
+                problem(format!("attribute '{}' must be of type {:?}, found {}", name, kind, a.value.kind_name()));
             }
         }
     }
@@ -236,11 +175,7 @@ fn verify_node(
         for v in g.values() {
             visible.insert(g.value(v).name.clone());
         }
-        let captured: HashSet<String> = node
-            .captures()
-            .iter()
-            .map(|&v| g.value(v).name.clone())
-            .collect();
+        let captured: HashSet<String> = node.captures().iter().map(|&v| g.value(v).name.clone()).collect();
         for (i, sg) in node.subgraphs().enumerate() {
             let sub_path = format!("{path}/{}[{i}]", node.display_name());
             for v in sg.values() {
@@ -250,10 +185,7 @@ fn verify_node(
                         graph: sub_path.clone(),
                         node: None,
                         op: None,
-                        message: format!(
-                            "outer value '{}' is not recorded as a capture of its node",
-                            val.name
-                        ),
+                        message: format!("outer value '{}' is not recorded as a capture of its node", val.name),
                     });
                 }
             }
@@ -267,15 +199,12 @@ pub fn check_tensor(t: &Tensor) -> Result<(), String> {
     if let Some(d) = t.dims.iter().find(|&&d| d < 0) {
         return Err(format!("negative dimension {d}"));
     }
-    let numel = t
-        .numel()
-        .ok_or_else(|| "element count overflows".to_string())?;
+    let numel = t.numel().ok_or_else(|| "element count overflows".to_string())?;
     let expect = |len: u64, what: &str| -> Result<(), String> {
         match t.dtype.storage_bytes(numel) {
-            Some(want) if want != len => Err(format!(
-                "{what} holds {len} bytes but dims {:?} of {} need {want}",
-                t.dims, t.dtype
-            )),
+            Some(want) if want != len => {
+                Err(format!("{what} holds {len} bytes but dims {:?} of {} need {want}", t.dims, t.dtype))
+            }
             _ => Ok(()),
         }
     };
@@ -286,10 +215,9 @@ pub fn check_tensor(t: &Tensor) -> Result<(), String> {
             }
             expect(b.len() as u64, "raw_data")
         }
-        TensorData::External { bytes, reference } => expect(
-            bytes.len() as u64,
-            &format!("external data in '{}'", reference.location),
-        ),
+        TensorData::External { bytes, reference } => {
+            expect(bytes.len() as u64, &format!("external data in '{}'", reference.location))
+        }
         TensorData::Typed(td) => {
             let per = match (td, t.dtype.bits()) {
                 (crate::TypedData::Int32(_), Some(4)) => 2,
@@ -300,11 +228,7 @@ pub fn check_tensor(t: &Tensor) -> Result<(), String> {
             if td.len() as u64 != needed && !(numel == 0 && td.is_empty()) {
                 let alt = numel; // some writers store one element per entry for packed types
                 if td.len() as u64 != alt {
-                    return Err(format!(
-                        "holds {} values but dims {:?} need {needed}",
-                        td.len(),
-                        t.dims
-                    ));
+                    return Err(format!("holds {} values but dims {:?} need {needed}", td.len(), t.dims));
                 }
             }
             Ok(())
@@ -313,10 +237,7 @@ pub fn check_tensor(t: &Tensor) -> Result<(), String> {
             if numel == 0 {
                 Ok(())
             } else {
-                Err(format!(
-                    "has no data but dims {:?} need {numel} elements",
-                    t.dims
-                ))
+                Err(format!("has no data but dims {:?} need {numel} elements", t.dims))
             }
         }
     }

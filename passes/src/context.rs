@@ -15,10 +15,7 @@ impl Budget {
         Budget::default()
     }
     pub fn limited(n: usize) -> Budget {
-        Budget {
-            limit: Some(n),
-            used: 0,
-        }
+        Budget { limit: Some(n), used: 0 }
     }
     /// Takes one rewrite from the budget; false when it is spent (the pass must then stop).
     pub fn take(&mut self) -> bool {
@@ -66,8 +63,7 @@ impl PassContext {
     /// Records why a rewrite did or did not fire (shown with `--explain`).
     pub fn note(&mut self, message: impl FnOnce() -> String) {
         if self.explain {
-            self.explanations
-                .push((self.current_pass.clone(), message()));
+            self.explanations.push((self.current_pass.clone(), message()));
         }
     }
 

@@ -17,12 +17,7 @@ impl Pass for Dce {
     fn exactness(&self) -> Exactness {
         Exactness::Exact
     }
-    fn run(
-        &self,
-        model: &mut Model,
-        cx: &mut PassContext,
-        _: &PassOptions,
-    ) -> Result<PassOutcome, PassError> {
+    fn run(&self, model: &mut Model, cx: &mut PassContext, _: &PassOptions) -> Result<PassOutcome, PassError> {
         let rewrites = crate::util::for_each_graph(model, &mut |g, _| dce_graph(g, cx));
         Ok(PassOutcome { rewrites })
     }
@@ -46,10 +41,7 @@ pub fn recompute_captures(g: &mut Graph, n: NodeId) {
 }
 
 fn dce_graph(g: &mut Graph, cx: &mut PassContext) -> usize {
-    let with_subgraphs: Vec<NodeId> = g
-        .nodes()
-        .filter(|&n| g.node(n).subgraphs().next().is_some())
-        .collect();
+    let with_subgraphs: Vec<NodeId> = g.nodes().filter(|&n| g.node(n).subgraphs().next().is_some()).collect();
     for n in with_subgraphs {
         recompute_captures(g, n);
     }
@@ -67,22 +59,14 @@ fn dce_graph(g: &mut Graph, cx: &mut PassContext) -> usize {
         if !cx.rewrite() {
             return removed;
         }
-        cx.note(|| {
-            format!(
-                "removed unused {} '{}'",
-                g.node(n).op,
-                g.node(n).display_name()
-            )
-        });
+        cx.note(|| format!("removed unused {} '{}'", g.node(n).op, g.node(n).display_name()));
         g.remove_node(n);
         removed += 1;
     }
     // Values left without producer or reader: dead initializers, stale value_info entries,
     // outer references nothing reads any more.
-    let dead: Vec<ValueId> = g
-        .values()
-        .filter(|&v| g.producer(v).is_none() && g.is_unused(v) && !g.is_graph_input(v))
-        .collect();
+    let dead: Vec<ValueId> =
+        g.values().filter(|&v| g.producer(v).is_none() && g.is_unused(v) && !g.is_graph_input(v)).collect();
     for v in dead {
         if !cx.rewrite() {
             break;

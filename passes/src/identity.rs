@@ -21,12 +21,7 @@ impl Pass for IdentityElim {
     fn exactness(&self) -> Exactness {
         Exactness::Exact
     }
-    fn run(
-        &self,
-        model: &mut Model,
-        cx: &mut PassContext,
-        _: &PassOptions,
-    ) -> Result<PassOutcome, PassError> {
+    fn run(&self, model: &mut Model, cx: &mut PassContext, _: &PassOptions) -> Result<PassOutcome, PassError> {
         let rewrites = crate::util::for_each_graph(model, &mut |g, opset| run_graph(g, opset, cx));
         Ok(PassOutcome { rewrites })
     }
@@ -77,21 +72,10 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64, facts: &Facts) -> Option<ValueI
     let node = g.node(n);
     let x = node.input(0)?;
     // Other outputs must be absent or unused.
-    if node
-        .outputs()
-        .iter()
-        .skip(1)
-        .flatten()
-        .any(|&o| !g.is_unused(o))
-    {
+    if node.outputs().iter().skip(1).flatten().any(|&o| !g.is_unused(o)) {
         return None;
     }
-    let rank = g
-        .value(x)
-        .ty
-        .as_ref()
-        .and_then(|t| t.shape())
-        .map(|s| s.len());
+    let rank = g.value(x).ty.as_ref().and_then(|t| t.shape()).map(|s| s.len());
     let shape = g.value(x).ty.as_ref().and_then(|t| t.shape()).cloned();
     let all = |v: &[i64], want: i64| v.iter().all(|&x| x == want);
     match &node.op {
@@ -117,17 +101,11 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64, facts: &Facts) -> Option<ValueI
         Op::Transpose => {
             let perm = node.attrs.get_ints("perm");
             match perm {
-                Some(p) => p
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &d)| i as i64 == d)
-                    .then_some(x),
+                Some(p) => p.iter().enumerate().all(|(i, &d)| i as i64 == d).then_some(x),
                 None => (rank? <= 1).then_some(x),
             }
         }
-        Op::Concat | Op::Sum | Op::Max | Op::Min | Op::Mean => {
-            (node.inputs().len() == 1).then_some(x)
-        }
+        Op::Concat | Op::Sum | Op::Max | Op::Min | Op::Mean => (node.inputs().len() == 1).then_some(x),
         Op::Split => {
             if node.outputs().len() != 1 {
                 return None;
@@ -159,18 +137,11 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64, facts: &Facts) -> Option<ValueI
                 return None;
             }
             let offset = dims.len() - s.len();
-            s.iter()
-                .enumerate()
-                .all(|(i, &e)| e == 1 || dims[offset + i].as_known() == Some(e))
-                .then_some(x)
+            s.iter().enumerate().all(|(i, &e)| e == 1 || dims[offset + i].as_known() == Some(e)).then_some(x)
         }
         Op::Tile => all(&const_ints(g, node.input(1)?)?, 1).then_some(x),
         Op::Pad => {
-            let pads = if opset >= 11 {
-                const_ints(g, node.input(1)?)?
-            } else {
-                node.attrs.get_ints("pads")?.to_vec()
-            };
+            let pads = if opset >= 11 { const_ints(g, node.input(1)?)? } else { node.attrs.get_ints("pads")?.to_vec() };
             all(&pads, 0).then_some(x)
         }
         Op::Slice => {

@@ -43,10 +43,9 @@ impl Exactness {
         use Exactness::*;
         match (self, other) {
             (Lossy, _) | (_, Lossy) => Lossy,
-            (Rounding { rtol: a, atol: b }, Rounding { rtol: c, atol: d }) => Rounding {
-                rtol: a.max(c),
-                atol: b.max(d),
-            },
+            (Rounding { rtol: a, atol: b }, Rounding { rtol: c, atol: d }) => {
+                Rounding { rtol: a.max(c), atol: b.max(d) }
+            }
             (r @ Rounding { .. }, Exact) | (Exact, r @ Rounding { .. }) => r,
             (Exact, Exact) => Exact,
         }
@@ -82,15 +81,9 @@ pub struct PassOptions {
 
 impl PassOptions {
     /// Checks `given` against `specs` and fills in defaults.
-    pub fn resolve(
-        pass: &str,
-        specs: &[OptionSpec],
-        given: &[(String, String)],
-    ) -> Result<PassOptions, PassError> {
-        let mut values: BTreeMap<String, String> = specs
-            .iter()
-            .map(|s| (s.name.to_string(), s.default.to_string()))
-            .collect();
+    pub fn resolve(pass: &str, specs: &[OptionSpec], given: &[(String, String)]) -> Result<PassOptions, PassError> {
+        let mut values: BTreeMap<String, String> =
+            specs.iter().map(|s| (s.name.to_string(), s.default.to_string())).collect();
         for (k, v) in given {
             if !values.contains_key(k) {
                 let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
@@ -105,10 +98,7 @@ impl PassOptions {
             }
             values.insert(k.clone(), v.clone());
         }
-        Ok(PassOptions {
-            values,
-            pass: pass.into(),
-        })
+        Ok(PassOptions { values, pass: pass.into() })
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -134,10 +124,7 @@ impl PassOptions {
             Some("false" | "0" | "no" | "off") => Ok(false),
             other => Err(PassError::BadOption {
                 pass: self.pass.clone(),
-                message: format!(
-                    "option '{name}' must be true or false, got '{}'",
-                    other.unwrap_or("")
-                ),
+                message: format!("option '{name}' must be true or false, got '{}'", other.unwrap_or("")),
             }),
         }
     }
@@ -159,10 +146,7 @@ impl PassOutcome {
 #[derive(Debug, Error)]
 pub enum PassError {
     #[error("unknown pass '{name}'{}", suggest(.suggestions))]
-    UnknownPass {
-        name: String,
-        suggestions: Vec<String>,
-    },
+    UnknownPass { name: String, suggestions: Vec<String> },
     #[error("pass '{pass}' {message}")]
     BadOption { pass: String, message: String },
     #[error(transparent)]
@@ -174,11 +158,7 @@ pub enum PassError {
 }
 
 fn suggest(s: &[String]) -> String {
-    if s.is_empty() {
-        "; run `optc passes` for the list".into()
-    } else {
-        format!("; did you mean {}?", s.join(" or "))
-    }
+    if s.is_empty() { "; run `optc passes` for the list".into() } else { format!("; did you mean {}?", s.join(" or ")) }
 }
 
 /// A transformation of a model.
@@ -191,10 +171,5 @@ pub trait Pass: Send + Sync {
         &[]
     }
     fn exactness(&self) -> Exactness;
-    fn run(
-        &self,
-        model: &mut Model,
-        cx: &mut PassContext,
-        opts: &PassOptions,
-    ) -> Result<PassOutcome, PassError>;
+    fn run(&self, model: &mut Model, cx: &mut PassContext, opts: &PassOptions) -> Result<PassOutcome, PassError>;
 }

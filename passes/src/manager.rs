@@ -13,15 +13,8 @@ use std::time::{Duration, Instant};
 pub const COMBINATORS: &[&str] = &["fixpoint"];
 
 enum Step {
-    Pass {
-        pass: Arc<dyn Pass>,
-        opts: PassOptions,
-        label: String,
-    },
-    Fixpoint {
-        steps: Vec<Step>,
-        max_iter: usize,
-    },
+    Pass { pass: Arc<dyn Pass>, opts: PassOptions, label: String },
+    Fixpoint { steps: Vec<Step>, max_iter: usize },
 }
 
 /// One pass execution.
@@ -58,10 +51,7 @@ pub struct PassManager {
 
 impl PassManager {
     pub fn new(registry: PassRegistry) -> PassManager {
-        PassManager {
-            registry,
-            verify_each: false,
-        }
+        PassManager { registry, verify_each: false }
     }
 
     /// Checks a pipeline without running it; returns its exactness.
@@ -82,16 +72,9 @@ impl PassManager {
                     message: "needs passes to repeat, e.g. fixpoint(identity,dce)".into(),
                 });
             }
-            let spec = [crate::OptionSpec {
-                name: "max_iter",
-                default: "10",
-                help: "",
-            }];
+            let spec = [crate::OptionSpec { name: "max_iter", default: "10", help: "" }];
             let opts = PassOptions::resolve("fixpoint", &spec, &it.options)?;
-            return Ok(Step::Fixpoint {
-                steps: self.plan(&it.children)?,
-                max_iter: opts.usize("max_iter")?,
-            });
+            return Ok(Step::Fixpoint { steps: self.plan(&it.children)?, max_iter: opts.usize("max_iter")? });
         }
         let pass = self.registry.lookup(&it.name)?;
         if !it.children.is_empty() {
@@ -101,20 +84,11 @@ impl PassManager {
             });
         }
         let opts = PassOptions::resolve(&it.name, pass.options(), &it.options)?;
-        Ok(Step::Pass {
-            pass,
-            opts,
-            label: it.to_string(),
-        })
+        Ok(Step::Pass { pass, opts, label: it.to_string() })
     }
 
     /// Parses, checks and runs a pipeline on `model`.
-    pub fn run(
-        &self,
-        model: &mut Model,
-        src: &str,
-        cx: &mut PassContext,
-    ) -> Result<PipelineReport, PassError> {
+    pub fn run(&self, model: &mut Model, src: &str, cx: &mut PassContext) -> Result<PipelineReport, PassError> {
         let steps = self.plan(&pipeline::parse(src)?)?;
         // Problems the input already has are not blamed on any pass.
         let baseline: HashSet<String> = if self.verify_each {
@@ -125,11 +99,7 @@ impl PassManager {
         } else {
             HashSet::new()
         };
-        let mut report = PipelineReport {
-            runs: Vec::new(),
-            exactness: exactness(&steps),
-            budget_exhausted: false,
-        };
+        let mut report = PipelineReport { runs: Vec::new(), exactness: exactness(&steps), budget_exhausted: false };
         self.run_steps(&steps, model, cx, &baseline, &mut report)?;
         report.budget_exhausted = cx.budget.exhausted();
         Ok(report)
@@ -154,16 +124,10 @@ impl PassManager {
                     let time = start.elapsed();
                     if self.verify_each {
                         if let Err(problems) = optc_ir::verify::verify_model(model) {
-                            let new: Vec<String> = problems
-                                .iter()
-                                .map(|p| p.to_string())
-                                .filter(|p| !baseline.contains(p))
-                                .collect();
+                            let new: Vec<String> =
+                                problems.iter().map(|p| p.to_string()).filter(|p| !baseline.contains(p)).collect();
                             if !new.is_empty() {
-                                return Err(PassError::Verify {
-                                    pass: label.clone(),
-                                    problems: new,
-                                });
+                                return Err(PassError::Verify { pass: label.clone(), problems: new });
                             }
                         }
                     }

@@ -38,12 +38,7 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pipeline syntax error at character {}: {}",
-            self.position + 1,
-            self.message
-        )
+        write!(f, "pipeline syntax error at character {}: {}", self.position + 1, self.message)
     }
 }
 
@@ -51,10 +46,7 @@ impl std::error::Error for ParseError {}
 
 /// Parses a pipeline. The empty string (or only spaces) is the empty pipeline.
 pub fn parse(src: &str) -> Result<Vec<Item>, ParseError> {
-    let mut p = Parser {
-        s: src.as_bytes(),
-        pos: 0,
-    };
+    let mut p = Parser { s: src.as_bytes(), pos: 0 };
     p.skip_ws();
     if p.pos == p.s.len() {
         return Ok(Vec::new());
@@ -74,10 +66,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, message: String) -> ParseError {
-        ParseError {
-            position: self.pos,
-            message,
-        }
+        ParseError { position: self.pos, message }
     }
     fn skip_ws(&mut self) {
         while self.pos < self.s.len() && self.s[self.pos].is_ascii_whitespace() {
@@ -119,11 +108,7 @@ impl Parser<'_> {
     }
     fn item(&mut self) -> Result<Item, ParseError> {
         let name = self.ident()?;
-        let mut item = Item {
-            name,
-            options: Vec::new(),
-            children: Vec::new(),
-        };
+        let mut item = Item { name, options: Vec::new(), children: Vec::new() };
         self.skip_ws();
         if self.peek() != Some(b'(') {
             return Ok(item);
@@ -143,10 +128,7 @@ impl Parser<'_> {
                 self.pos += 1;
                 let v = self.value()?;
                 if item.options.iter().any(|(k, _)| *k == key_or_name) {
-                    return Err(self.err(format!(
-                        "option '{key_or_name}' given twice to '{}'",
-                        item.name
-                    )));
+                    return Err(self.err(format!("option '{key_or_name}' given twice to '{}'", item.name)));
                 }
                 item.options.push((key_or_name, v));
             } else {
@@ -165,10 +147,7 @@ impl Parser<'_> {
                     return Err(self.err(format!("expected ',' or ')', found '{}'", c as char)));
                 }
                 None => {
-                    return Err(self.err(format!(
-                        "missing ')' after the arguments of '{}'",
-                        item.name
-                    )));
+                    return Err(self.err(format!("missing ')' after the arguments of '{}'", item.name)));
                 }
             }
         }
@@ -187,9 +166,7 @@ impl Parser<'_> {
             }
             self.pos += 1;
         }
-        let v = String::from_utf8_lossy(&self.s[start..self.pos])
-            .trim()
-            .to_string();
+        let v = String::from_utf8_lossy(&self.s[start..self.pos]).trim().to_string();
         if v.is_empty() {
             return Err(self.err("expected a value after '='".into()));
         }
@@ -203,11 +180,7 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     fn item(name: &str) -> Item {
-        Item {
-            name: name.into(),
-            options: vec![],
-            children: vec![],
-        }
+        Item { name: name.into(), options: vec![], children: vec![] }
     }
 
     #[test]
@@ -223,21 +196,13 @@ mod tests {
             p,
             vec![
                 item("dce"),
-                Item {
-                    name: "fold".into(),
-                    options: vec![("max_mb".into(), "64".into())],
-                    children: vec![]
-                },
+                Item { name: "fold".into(), options: vec![("max_mb".into(), "64".into())], children: vec![] },
                 Item {
                     name: "fixpoint".into(),
                     options: vec![("max_iter".into(), "3".into())],
                     children: vec![
                         item("identity"),
-                        Item {
-                            name: "dce".into(),
-                            options: vec![("x".into(), "1".into())],
-                            children: vec![]
-                        }
+                        Item { name: "dce".into(), options: vec![("x".into(), "1".into())], children: vec![] }
                     ],
                 },
             ]
@@ -257,29 +222,9 @@ mod tests {
         let e = parse("dce,,fold").unwrap_err();
         assert_eq!(e.position, 4);
         assert!(e.message.contains("expected a pass name"));
-        assert!(
-            parse("fold(max_mb=64")
-                .unwrap_err()
-                .message
-                .contains("missing ')'")
-        );
-        assert!(
-            parse("fold(max_mb=)")
-                .unwrap_err()
-                .message
-                .contains("expected a value")
-        );
-        assert!(
-            parse("fold(a=1,a=2)")
-                .unwrap_err()
-                .message
-                .contains("given twice")
-        );
-        assert!(
-            parse("dce)")
-                .unwrap_err()
-                .message
-                .contains("unexpected ')'")
-        );
+        assert!(parse("fold(max_mb=64").unwrap_err().message.contains("missing ')'"));
+        assert!(parse("fold(max_mb=)").unwrap_err().message.contains("expected a value"));
+        assert!(parse("fold(a=1,a=2)").unwrap_err().message.contains("given twice"));
+        assert!(parse("dce)").unwrap_err().message.contains("unexpected ')'"));
     }
 }

@@ -45,10 +45,7 @@ impl PassRegistry {
 
     /// Like [`PassRegistry::get`], but an unknown name is an error listing the close names.
     pub fn lookup(&self, name: &str) -> Result<Arc<dyn Pass>, PassError> {
-        self.get(name).ok_or_else(|| PassError::UnknownPass {
-            name: name.into(),
-            suggestions: self.suggest(name),
-        })
+        self.get(name).ok_or_else(|| PassError::UnknownPass { name: name.into(), suggestions: self.suggest(name) })
     }
 
     pub fn passes(&self) -> impl Iterator<Item = &Arc<dyn Pass>> {
@@ -63,9 +60,7 @@ impl PassRegistry {
             .map(String::as_str)
             .chain(crate::manager::COMBINATORS.iter().copied())
             .map(|k| (edit_distance(name, k), k.to_string()))
-            .filter(|(d, k)| {
-                *d <= 2.max(k.len() / 3) || k.starts_with(name) || name.starts_with(k.as_str())
-            })
+            .filter(|(d, k)| *d <= 2.max(k.len() / 3) || k.starts_with(name) || name.starts_with(k.as_str()))
             .collect();
         scored.sort();
         scored.into_iter().take(3).map(|(_, k)| k).collect()
@@ -80,9 +75,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -106,17 +99,8 @@ mod tests {
         let r = PassRegistry::with_builtins();
         let e = r.lookup("dcee").err().expect("unknown");
         let msg = e.to_string();
-        assert!(
-            msg.contains("unknown pass 'dcee'") && msg.contains("dce"),
-            "{msg}"
-        );
+        assert!(msg.contains("unknown pass 'dcee'") && msg.contains("dce"), "{msg}");
         assert_eq!(r.suggest("shapefold"), vec!["shape-fold".to_string()]);
-        assert!(
-            r.lookup("zzzzzzzz")
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("optc passes")
-        );
+        assert!(r.lookup("zzzzzzzz").err().unwrap().to_string().contains("optc passes"));
     }
 }

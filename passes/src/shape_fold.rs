@@ -20,12 +20,7 @@ impl Pass for ShapeFold {
     fn exactness(&self) -> Exactness {
         Exactness::Exact
     }
-    fn run(
-        &self,
-        model: &mut Model,
-        cx: &mut PassContext,
-        _: &PassOptions,
-    ) -> Result<PassOutcome, PassError> {
+    fn run(&self, model: &mut Model, cx: &mut PassContext, _: &PassOptions) -> Result<PassOutcome, PassError> {
         let rewrites = crate::util::for_each_graph(model, &mut |g, opset| fold_graph(g, opset, cx));
         Ok(PassOutcome { rewrites })
     }
@@ -78,20 +73,11 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
                 let display = g.node(n).display_name();
                 let name = g.fresh_name(&format!("{display}_shape"));
                 let raw: Vec<u8> = target.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let t = Tensor::from_raw(
-                    Some(name.clone()),
-                    DType::I64,
-                    vec![target.len() as i64],
-                    raw.into(),
-                );
+                let t = Tensor::from_raw(Some(name.clone()), DType::I64, vec![target.len() as i64], raw.into());
                 let Ok(v) = g.add_initializer(name, t) else {
                     continue;
                 };
-                cx.note(|| {
-                    format!(
-                        "Reshape '{display}': computed target shape replaced by constant {target:?}"
-                    )
-                });
+                cx.note(|| format!("Reshape '{display}': computed target shape replaced by constant {target:?}"));
                 g.set_input(n, 1, Some(v));
                 folded += 1;
             }
@@ -103,13 +89,7 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
         }
         let Some(out) = node.output(0) else { continue };
         // Values that are already plain constants are not worth a rewrite.
-        if node
-            .inputs()
-            .iter()
-            .flatten()
-            .all(|&i| g.const_tensor(i).is_some())
-            && node.op == Op::Identity
-        {
+        if node.inputs().iter().flatten().all(|&i| g.const_tensor(i).is_some()) && node.op == Op::Identity {
             continue;
         }
         let Some(value) = facts.values.get(&out) else {
@@ -121,14 +101,7 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
         let name = g.value(out).name.clone();
         let Some(tensor) = value.to_tensor(Some(name.clone())) else {
             if value.known().is_none() {
-                cx.note(|| {
-                    format!(
-                        "{} '{}': value not fully known ({:?})",
-                        node.op,
-                        node.display_name(),
-                        value.data
-                    )
-                });
+                cx.note(|| format!("{} '{}': value not fully known ({:?})", node.op, node.display_name(), value.data));
             }
             continue;
         };
@@ -170,9 +143,7 @@ fn reshape_target(g: &Graph, n: NodeId, facts: &Facts) -> Option<Vec<i64>> {
         out.push(match d {
             DimValue::Known(k) => *k,
             sym @ DimValue::Sym(_) => {
-                let same = input_shape
-                    .and_then(|s| s.get(i))
-                    .is_some_and(|dim| &dim.value == sym);
+                let same = input_shape.and_then(|s| s.get(i)).is_some_and(|dim| &dim.value == sym);
                 if !same {
                     return None;
                 }

@@ -32,28 +32,18 @@ pub fn const_tensor(g: &Graph, v: ValueId) -> Option<Tensor> {
     if let Some(t) = node.attrs.get_tensor("value") {
         return Some(t.clone());
     }
-    let raw = |dtype: DType, dims: Vec<i64>, bytes: Vec<u8>| {
-        Tensor::from_raw(None, dtype, dims, bytes.into())
-    };
+    let raw = |dtype: DType, dims: Vec<i64>, bytes: Vec<u8>| Tensor::from_raw(None, dtype, dims, bytes.into());
     if let Some(i) = node.attrs.get_int("value_int") {
         return Some(raw(DType::I64, vec![], i.to_le_bytes().to_vec()));
     }
     if let Some(v) = node.attrs.get_ints("value_ints") {
-        return Some(raw(
-            DType::I64,
-            vec![v.len() as i64],
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
+        return Some(raw(DType::I64, vec![v.len() as i64], v.iter().flat_map(|x| x.to_le_bytes()).collect()));
     }
     if let Some(f) = node.attrs.get_float("value_float") {
         return Some(raw(DType::F32, vec![], f.to_le_bytes().to_vec()));
     }
     if let Some(v) = node.attrs.get_floats("value_floats") {
-        return Some(raw(
-            DType::F32,
-            vec![v.len() as i64],
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
+        return Some(raw(DType::F32, vec![v.len() as i64], v.iter().flat_map(|x| x.to_le_bytes()).collect()));
     }
     None
 }

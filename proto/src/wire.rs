@@ -30,9 +30,7 @@ pub struct Field {
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
     let mut value = 0u64;
     for shift in (0..70).step_by(7) {
-        let b = *buf
-            .get(*pos)
-            .ok_or_else(|| WireError("truncated varint (the file may be truncated)".into()))?;
+        let b = *buf.get(*pos).ok_or_else(|| WireError("truncated varint (the file may be truncated)".into()))?;
         *pos += 1;
         if shift == 63 && b > 1 {
             return Err(WireError("varint overflows 64 bits".into()));
@@ -52,8 +50,7 @@ pub fn fields(buf: &[u8]) -> Result<Vec<Field>, WireError> {
     while pos < buf.len() {
         let start = pos;
         let key = read_varint(buf, &mut pos)?;
-        let number = u32::try_from(key >> 3)
-            .map_err(|_| WireError(format!("field number {} too large", key >> 3)))?;
+        let number = u32::try_from(key >> 3).map_err(|_| WireError(format!("field number {} too large", key >> 3)))?;
         if number == 0 {
             return Err(WireError(format!("field number 0 at byte {start}")));
         }
@@ -67,17 +64,14 @@ pub fn fields(buf: &[u8]) -> Result<Vec<Field>, WireError> {
             1 | 5 => {
                 let n = if wire_type == 1 { 8 } else { 4 };
                 if pos + n > buf.len() {
-                    return Err(WireError(
-                        "truncated fixed-width field (the file may be truncated)".into(),
-                    ));
+                    return Err(WireError("truncated fixed-width field (the file may be truncated)".into()));
                 }
                 pos += n;
                 pos - n..pos
             }
             2 => {
                 let len = read_varint(buf, &mut pos)?;
-                let len = usize::try_from(len)
-                    .map_err(|_| WireError("length does not fit in memory".into()))?;
+                let len = usize::try_from(len).map_err(|_| WireError("length does not fit in memory".into()))?;
                 let end = pos.checked_add(len).filter(|&e| e <= buf.len()).ok_or_else(|| {
                     WireError(format!(
                         "field {number} claims {len} bytes but only {} remain (the file may be truncated)",
@@ -103,17 +97,10 @@ pub fn fields(buf: &[u8]) -> Result<Vec<Field>, WireError> {
                 p..pos
             }
             _ => {
-                return Err(WireError(format!(
-                    "invalid wire type {wire_type} at byte {start}"
-                )));
+                return Err(WireError(format!("invalid wire type {wire_type} at byte {start}")));
             }
         };
-        out.push(Field {
-            number,
-            wire_type,
-            full: start..pos,
-            payload,
-        });
+        out.push(Field { number, wire_type, full: start..pos, payload });
     }
     Ok(out)
 }
@@ -136,9 +123,7 @@ fn fields_one(buf: &[u8], pos: &mut usize) -> Result<u8, WireError> {
         _ => return Err(WireError(format!("invalid wire type {wt}"))),
     }
     if *pos > buf.len() {
-        return Err(WireError(
-            "truncated group (the file may be truncated)".into(),
-        ));
+        return Err(WireError("truncated group (the file may be truncated)".into()));
     }
     Ok(wt)
 }
@@ -230,8 +215,7 @@ impl Parts {
     /// Orders chunks by field number (stable, so repeated fields keep their order); fields not
     /// in `known` (unknown to the schema) go last, as protobuf writers place them.
     pub fn finish(mut self, known: &[u32]) -> Parts {
-        self.chunks
-            .sort_by_key(|(n, _)| (!known.contains(n), if known.contains(n) { *n } else { 0 }));
+        self.chunks.sort_by_key(|(n, _)| (!known.contains(n), if known.contains(n) { *n } else { 0 }));
         self
     }
 
@@ -289,13 +273,7 @@ mod tests {
     #[test]
     fn parts_sort_and_stream() {
         let mut p = Parts::new();
-        p.push(
-            9,
-            Chunk::Data {
-                number: 9,
-                data: Bytes::from_static(b"abc"),
-            },
-        );
+        p.push(9, Chunk::Data { number: 9, data: Bytes::from_static(b"abc") });
         p.push(1, Chunk::Owned(vec![8, 1]));
         p.push(99, Chunk::Owned(vec![0x98, 0x06, 5]));
         let p = p.finish(&[1, 9]);

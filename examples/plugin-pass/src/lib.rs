@@ -3,7 +3,9 @@
 //! needed at inference). It reaches optc through the [`Plugin`] trait.
 
 use optc::ir::{Graph, Model, NodeId};
-use optc::passes::{Exactness, OptionSpec, Pass, PassContext, PassError, PassOptions, PassOutcome, PassRegistry, Plugin};
+use optc::passes::{
+    Exactness, OptionSpec, Pass, PassContext, PassError, PassOptions, PassOutcome, PassRegistry, Plugin,
+};
 
 pub struct StripDocs;
 

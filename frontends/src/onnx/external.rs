@@ -35,16 +35,12 @@ pub fn check_location(location: &str) -> Result<PathBuf, String> {
             }
             Component::Normal(_) | Component::CurDir => {}
             _ => {
-                return Err(format!(
-                    "external data location '{location}' is not a plain relative path"
-                ));
+                return Err(format!("external data location '{location}' is not a plain relative path"));
             }
         }
     }
     if location.contains('\\') {
-        return Err(format!(
-            "external data location '{location}' contains a backslash"
-        ));
+        return Err(format!("external data location '{location}' contains a backslash"));
     }
     Ok(p.to_path_buf())
 }
@@ -58,24 +54,15 @@ pub struct ExternalFiles {
 
 impl ExternalFiles {
     pub fn new(base: Option<PathBuf>) -> ExternalFiles {
-        ExternalFiles {
-            base,
-            maps: HashMap::new(),
-        }
+        ExternalFiles { base, maps: HashMap::new() }
     }
 
     /// The bytes `offset .. offset+length` (or to the end) of `location`.
-    pub fn slice(
-        &mut self,
-        location: &str,
-        offset: u64,
-        length: Option<u64>,
-    ) -> Result<Bytes, String> {
+    pub fn slice(&mut self, location: &str, offset: u64, length: Option<u64>) -> Result<Bytes, String> {
         let rel = check_location(location)?;
-        let base = self
-            .base
-            .clone()
-            .ok_or_else(|| format!("external data '{location}' needs the model's folder, but the model was not read from a file"))?;
+        let base = self.base.clone().ok_or_else(|| {
+            format!("external data '{location}' needs the model's folder, but the model was not read from a file")
+        })?;
         let path = base.join(&rel);
         if !self.maps.contains_key(&path) {
             let bytes = map_file(&base, &path, location)?;
@@ -84,9 +71,9 @@ impl ExternalFiles {
         let data = &self.maps[&path];
         let size = data.len() as u64;
         let end = match length {
-            Some(l) => offset
-                .checked_add(l)
-                .ok_or_else(|| format!("external data '{location}': offset + length overflows"))?,
+            Some(l) => {
+                offset.checked_add(l).ok_or_else(|| format!("external data '{location}': offset + length overflows"))?
+            }
             None => size,
         };
         if offset > size || end > size {
@@ -113,41 +100,30 @@ fn map_file(base: &Path, path: &Path, location: &str) -> Result<Bytes, String> {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(format!(
-                        "external data file '{location}' not found (looked for {})",
-                        path.display()
-                    ));
+                    return Err(format!("external data file '{location}' not found (looked for {})", path.display()));
                 }
                 Err(e) => return Err(format!("external data file '{location}': {e}")),
             }
         }
     }
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("external data file '{location}': {e}"))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("external data file '{location}': {e}"))?;
     if !meta.is_file() {
-        return Err(format!(
-            "external data location '{location}' is not a regular file"
-        ));
+        return Err(format!("external data location '{location}' is not a regular file"));
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
         if meta.nlink() > 1 {
-            return Err(format!(
-                "external data file '{location}' is hard-linked ({} links); refused",
-                meta.nlink()
-            ));
+            return Err(format!("external data file '{location}' is hard-linked ({} links); refused", meta.nlink()));
         }
     }
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("external data file '{location}': {e}"))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("external data file '{location}': {e}"))?;
     if meta.len() == 0 {
         return Ok(Bytes::new());
     }
     // SAFETY: the map is read-only; optc never writes a file it has mapped (writes go to a
     // temporary file that is renamed into place).
-    let map = unsafe { Mmap::map(&file) }
-        .map_err(|e| format!("external data file '{location}': cannot map: {e}"))?;
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("external data file '{location}': cannot map: {e}"))?;
     Ok(Bytes::from_owner(map))
 }
 
@@ -161,11 +137,7 @@ mod tests {
         assert!(check_location("sub/weights.bin").is_ok());
         assert!(check_location("../weights.bin").unwrap_err().contains(".."));
         assert!(check_location("a/../../b").unwrap_err().contains(".."));
-        assert!(
-            check_location("/etc/passwd")
-                .unwrap_err()
-                .contains("absolute")
-        );
+        assert!(check_location("/etc/passwd").unwrap_err().contains("absolute"));
         assert!(check_location("C:\\x").unwrap_err().contains("absolute"));
         assert!(check_location("").is_err());
     }

@@ -8,9 +8,8 @@ pub mod external;
 use bytes::Bytes;
 use external::ExternalFiles;
 use optc_ir::{
-    AttrValue, Attribute, DType, Decl, Dim, DimValue, ExternalRef, Graph, Init, MetaProp, Model,
-    NodeSpec, Op, OpsetImport, RawField, RawFields, SparseTensor, Tensor, TensorData, Type,
-    TypeKind, TypedData, ValueId,
+    AttrValue, Attribute, DType, Decl, Dim, DimValue, ExternalRef, Graph, Init, MetaProp, Model, NodeSpec, Op,
+    OpsetImport, RawField, RawFields, SparseTensor, Tensor, TensorData, Type, TypeKind, TypedData, ValueId,
 };
 use optc_proto::Message;
 use optc_proto::onnx as pb;
@@ -26,28 +25,17 @@ pub const MAX_IR_VERSION: i64 = 13;
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("cannot read '{path}': {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("'{0}' is empty (0 bytes): not an ONNX model")]
     Empty(PathBuf),
     #[error("'{path}' is not a valid ONNX model: protobuf decode failed in {context}: {message}")]
-    Decode {
-        path: PathBuf,
-        context: String,
-        message: String,
-    },
+    Decode { path: PathBuf, context: String, message: String },
     #[error("'{path}' is not an ONNX model: {message}")]
     NotOnnx { path: PathBuf, message: String },
     #[error("'{path}': {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("'{path}': tensor '{tensor}': {message}")]
-    Tensor {
-        path: PathBuf,
-        tensor: String,
-        message: String,
-    },
+    Tensor { path: PathBuf, tensor: String, message: String },
     #[error("'{path}': unsupported opset: {message}")]
     Opset { path: PathBuf, message: String },
 }
@@ -61,10 +49,7 @@ pub struct LoadOptions {
 
 /// Reads an ONNX model from a file, mapping it (and its external data) into memory.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
-    let io = |source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
@@ -74,33 +59,18 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
     // file it has mapped is never modified by optc.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
     let bytes = Bytes::from_owner(map);
-    let base = path.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            p.to_path_buf()
-        }
-    });
+    let base = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
     let mut model = lift_model(bytes, path, base, opts)?;
     model.source = Some(path.to_path_buf());
     Ok(model)
 }
 
 /// Reads an ONNX model from bytes; external data is resolved against `base_dir` if given.
-pub fn load_bytes(
-    bytes: Bytes,
-    base_dir: Option<&Path>,
-    opts: &LoadOptions,
-) -> Result<Model, LoadError> {
+pub fn load_bytes(bytes: Bytes, base_dir: Option<&Path>, opts: &LoadOptions) -> Result<Model, LoadError> {
     if bytes.is_empty() {
         return Err(LoadError::Empty(PathBuf::from("<memory>")));
     }
-    lift_model(
-        bytes,
-        Path::new("<memory>"),
-        base_dir.map(Path::to_path_buf),
-        opts,
-    )
+    lift_model(bytes, Path::new("<memory>"), base_dir.map(Path::to_path_buf), opts)
 }
 
 // Field numbers of the messages the IR lifts (onnx-ml.proto).
@@ -111,9 +81,7 @@ pub mod fields {
     pub const GRAPH_MODELLED: &[u32] = &[1, 2, 5, 10, 11, 12, 13, 15];
     pub const NODE_KNOWN: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
     pub const NODE_MODELLED: &[u32] = &[1, 2, 3, 4, 5, 6, 7];
-    pub const ATTR_KNOWN: &[u32] = &[
-        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 20, 21, 22, 23,
-    ];
+    pub const ATTR_KNOWN: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 20, 21, 22, 23];
     pub const ATTR_HEADER: &[u32] = &[1, 13, 20, 21];
     pub const TENSOR_KNOWN: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16];
     pub const TENSOR_HEADER: &[u32] = &[1, 2, 8, 12, 13, 14];
@@ -130,19 +98,10 @@ struct Lifter<'a> {
     ext: ExternalFiles,
 }
 
-fn lift_model(
-    bytes: Bytes,
-    path: &Path,
-    base: Option<PathBuf>,
-    opts: &LoadOptions,
-) -> Result<Model, LoadError> {
-    let mut lf = Lifter {
-        path,
-        ext: ExternalFiles::new(base),
-    };
+fn lift_model(bytes: Bytes, path: &Path, base: Option<PathBuf>, opts: &LoadOptions) -> Result<Model, LoadError> {
+    let mut lf = Lifter { path, ext: ExternalFiles::new(base) };
     let fs = lf.fields(&bytes, "ModelProto")?;
-    let header: pb::ModelProto =
-        lf.decode(&wire::filtered(&bytes, &fs, MODEL_MODELLED), "ModelProto")?;
+    let header: pb::ModelProto = lf.decode(&wire::filtered(&bytes, &fs, MODEL_MODELLED), "ModelProto")?;
     let graph_field = fs.iter().rev().find(|f| f.number == 7 && f.wire_type == 2);
     if header.ir_version.is_none() && graph_field.is_none() && header.opset_import.is_empty() {
         return Err(LoadError::NotOnnx {
@@ -154,9 +113,7 @@ fn lift_model(
         if !(0..=MAX_IR_VERSION).contains(&v) {
             return Err(LoadError::Opset {
                 path: path.to_path_buf(),
-                message: format!(
-                    "IR version {v} is not supported (this build reads up to {MAX_IR_VERSION})"
-                ),
+                message: format!("IR version {v} is not supported (this build reads up to {MAX_IR_VERSION})"),
             });
         }
     }
@@ -164,11 +121,7 @@ fn lift_model(
     let mut opset_imports = Vec::new();
     for (o, f) in header.opset_import.iter().zip(&opset_raw) {
         let extra = lf.extras(&bytes.slice(f.payload.clone()), OPSET_KNOWN)?;
-        opset_imports.push(OpsetImport {
-            domain: o.domain.clone(),
-            version: o.version,
-            extra,
-        });
+        opset_imports.push(OpsetImport { domain: o.domain.clone(), version: o.version, extra });
     }
     for o in &opset_imports {
         if o.domain_name().is_empty() {
@@ -184,9 +137,7 @@ fn lift_model(
                 Some(v) if v < 1 => {
                     return Err(LoadError::Opset {
                         path: path.to_path_buf(),
-                        message: format!(
-                            "the model imports opset ai.onnx version {v}, which does not exist"
-                        ),
+                        message: format!("the model imports opset ai.onnx version {v}, which does not exist"),
                     });
                 }
                 _ => {}
@@ -234,10 +185,7 @@ impl Lifter<'_> {
     }
 
     fn invalid(&self, message: String) -> LoadError {
-        LoadError::Invalid {
-            path: self.path.to_path_buf(),
-            message,
-        }
+        LoadError::Invalid { path: self.path.to_path_buf(), message }
     }
 
     /// Fields of `buf` whose numbers are not in `modelled` and not in `skip`.
@@ -245,10 +193,7 @@ impl Lifter<'_> {
         RawFields(
             fs.iter()
                 .filter(|f| !modelled.contains(&f.number) && !skip.contains(&f.number))
-                .map(|f| RawField {
-                    number: f.number,
-                    encoded: buf.slice(f.full.clone()),
-                })
+                .map(|f| RawField { number: f.number, encoded: buf.slice(f.full.clone()) })
                 .collect(),
         )
     }
@@ -279,10 +224,8 @@ impl Lifter<'_> {
 
     fn graph(&mut self, buf: Bytes, is_sub: bool, path: &str) -> Result<Graph, LoadError> {
         let fs = self.fields(&buf, &format!("graph {path}"))?;
-        let header: pb::GraphProto = self.decode(
-            &wire::filtered(&buf, &fs, &[2, 10, 11, 12, 13]),
-            &format!("graph {path}"),
-        )?;
+        let header: pb::GraphProto =
+            self.decode(&wire::filtered(&buf, &fs, &[2, 10, 11, 12, 13]), &format!("graph {path}"))?;
         let mut g = Graph::default();
         g.name = header.name.clone();
         g.doc_string = header.doc_string.clone();
@@ -294,27 +237,17 @@ impl Lifter<'_> {
             let t = self.tensor(buf.slice(f.payload.clone()), &graph_name)?;
             let name = t.name.clone().unwrap_or_default();
             if g.find_value(&name).is_some() {
-                return Err(self.invalid(format!(
-                    "graph '{graph_name}' has two initializers named '{name}'"
-                )));
+                return Err(self.invalid(format!("graph '{graph_name}' has two initializers named '{name}'")));
             }
-            let v = g
-                .add_initializer(name, t)
-                .map_err(|e| self.invalid(e.to_string()))?;
+            let v = g.add_initializer(name, t).map_err(|e| self.invalid(e.to_string()))?;
             g.value_mut(v).ty = None;
         }
         for f in fs.iter().filter(|f| f.number == 15) {
             let sp = self.sparse(buf.slice(f.payload.clone()), &graph_name)?;
-            let name = sp
-                .values
-                .as_ref()
-                .and_then(|t| t.name.clone())
-                .unwrap_or_default();
-            let v = g.add_value(name.clone(), None).map_err(|_| {
-                self.invalid(format!(
-                    "graph '{graph_name}' has two initializers named '{name}'"
-                ))
-            })?;
+            let name = sp.values.as_ref().and_then(|t| t.name.clone()).unwrap_or_default();
+            let v = g
+                .add_value(name.clone(), None)
+                .map_err(|_| self.invalid(format!("graph '{graph_name}' has two initializers named '{name}'")))?;
             g.value_mut(v).init = Some(Init::Sparse(sp));
             g.sparse_initializers.push(v);
         }
@@ -326,14 +259,10 @@ impl Lifter<'_> {
             let name = vi.name.clone().unwrap_or_default();
             let v = match g.find_value(&name) {
                 Some(v) => v,
-                None => g
-                    .add_value(name.clone(), None)
-                    .map_err(|e| self.invalid(e.to_string()))?,
+                None => g.add_value(name.clone(), None).map_err(|e| self.invalid(e.to_string()))?,
             };
             if g.is_graph_input(v) {
-                return Err(
-                    self.invalid(format!("graph '{graph_name}' lists input '{name}' twice"))
-                );
+                return Err(self.invalid(format!("graph '{graph_name}' lists input '{name}' twice")));
             }
             let decl = self.decl(&buf, f, vi, v)?;
             self.set_type(&mut g, v, vi)?;
@@ -362,8 +291,7 @@ impl Lifter<'_> {
                         n.op
                     )));
                 }
-                g.add_value(name.clone(), None)
-                    .map_err(|e| self.invalid(e.to_string()))?;
+                g.add_value(name.clone(), None).map_err(|e| self.invalid(e.to_string()))?;
             }
         }
         for n in lifted {
@@ -375,11 +303,8 @@ impl Lifter<'_> {
                     Some(self.resolve(&mut g, name, is_sub, &graph_name, &n)?)
                 });
             }
-            let outputs: Vec<Option<ValueId>> = n
-                .outputs
-                .iter()
-                .map(|s| if s.is_empty() { None } else { g.find_value(s) })
-                .collect();
+            let outputs: Vec<Option<ValueId>> =
+                n.outputs.iter().map(|s| if s.is_empty() { None } else { g.find_value(s) }).collect();
             let display = n.display_name();
             let op_name = n.op.to_string();
             let mut captures = Vec::new();
@@ -408,16 +333,8 @@ impl Lifter<'_> {
                     }
                 }
             }
-            let spec = NodeSpec {
-                name: n.name,
-                op: n.op,
-                attrs: n.attrs,
-                inputs,
-                outputs,
-            };
-            let id = g
-                .add_node(spec)
-                .map_err(|e| self.invalid(format!("node '{display}' ({op_name}): {e}")))?;
+            let spec = NodeSpec { name: n.name, op: n.op, attrs: n.attrs, inputs, outputs };
+            let id = g.add_node(spec).map_err(|e| self.invalid(format!("node '{display}' ({op_name}): {e}")))?;
             let node = g.node_mut(id);
             node.domain_raw = n.domain_raw;
             node.doc_string = n.doc_string;
@@ -433,9 +350,7 @@ impl Lifter<'_> {
                 Some(v) => v,
                 None if is_sub => {
                     // A subgraph may return an outer value directly.
-                    let v = g
-                        .add_value(name.clone(), None)
-                        .map_err(|e| self.invalid(e.to_string()))?;
+                    let v = g.add_value(name.clone(), None).map_err(|e| self.invalid(e.to_string()))?;
                     g.value_mut(v).outer = true;
                     v
                 }
@@ -453,20 +368,14 @@ impl Lifter<'_> {
             let name = vi.name.clone().unwrap_or_default();
             let v = match g.find_value(&name) {
                 Some(v) => v,
-                None => g
-                    .add_value(name.clone(), None)
-                    .map_err(|e| self.invalid(e.to_string()))?,
+                None => g.add_value(name.clone(), None).map_err(|e| self.invalid(e.to_string()))?,
             };
             let decl = self.decl(&buf, f, vi, v)?;
             self.set_type(&mut g, v, vi)?;
             g.value_info.push(decl);
         }
         if let Err(stuck) = g.topo_order() {
-            let names: Vec<String> = stuck
-                .iter()
-                .take(6)
-                .map(|&n| format!("'{}'", g.node(n).display_name()))
-                .collect();
+            let names: Vec<String> = stuck.iter().take(6).map(|&n| format!("'{}'", g.node(n).display_name())).collect();
             return Err(self.invalid(format!(
                 "graph '{graph_name}' has a cycle: nodes {} depend on each other's outputs",
                 names.join(", ")
@@ -496,9 +405,7 @@ impl Lifter<'_> {
             return Ok(v);
         }
         if is_sub {
-            let v = g
-                .add_value(name.to_string(), None)
-                .map_err(|e| self.invalid(e.to_string()))?;
+            let v = g.add_value(name.to_string(), None).map_err(|e| self.invalid(e.to_string()))?;
             g.value_mut(v).outer = true;
             return Ok(v);
         }
@@ -509,13 +416,7 @@ impl Lifter<'_> {
         )))
     }
 
-    fn decl(
-        &self,
-        buf: &Bytes,
-        f: &Field,
-        vi: &pb::ValueInfoProto,
-        v: ValueId,
-    ) -> Result<Decl, LoadError> {
+    fn decl(&self, buf: &Bytes, f: &Field, vi: &pb::ValueInfoProto, v: ValueId) -> Result<Decl, LoadError> {
         Ok(Decl {
             value: v,
             doc_string: vi.doc_string.clone(),
@@ -524,12 +425,7 @@ impl Lifter<'_> {
         })
     }
 
-    fn set_type(
-        &self,
-        g: &mut Graph,
-        v: ValueId,
-        vi: &pb::ValueInfoProto,
-    ) -> Result<(), LoadError> {
+    fn set_type(&self, g: &mut Graph, v: ValueId, vi: &pb::ValueInfoProto) -> Result<(), LoadError> {
         if g.value(v).ty.is_none() {
             if let Some(t) = &vi.r#type {
                 g.value_mut(v).ty = Some(lift_type(t));
@@ -538,16 +434,10 @@ impl Lifter<'_> {
         Ok(())
     }
 
-    fn node(
-        &mut self,
-        buf: Bytes,
-        graph_name: &str,
-        index: usize,
-    ) -> Result<LiftedNode, LoadError> {
+    fn node(&mut self, buf: Bytes, graph_name: &str, index: usize) -> Result<LiftedNode, LoadError> {
         let ctx = format!("node #{index} of graph '{graph_name}'");
         let fs = self.fields(&buf, &ctx)?;
-        let header: pb::NodeProto =
-            self.decode(&wire::filtered(&buf, &fs, &[1, 2, 3, 4, 6, 7]), &ctx)?;
+        let header: pb::NodeProto = self.decode(&wire::filtered(&buf, &fs, &[1, 2, 3, 4, 6, 7]), &ctx)?;
         let op_type = header.op_type.clone().unwrap_or_default();
         let domain = header.domain.clone().unwrap_or_default();
         let mut n = LiftedNode {
@@ -561,10 +451,7 @@ impl Lifter<'_> {
             outputs: header.output.clone(),
         };
         if op_type.is_empty() {
-            return Err(self.invalid(format!(
-                "node '{}' in graph '{graph_name}' has no op_type",
-                n.display_name()
-            )));
+            return Err(self.invalid(format!("node '{}' in graph '{graph_name}' has no op_type", n.display_name())));
         }
         for f in fs.iter().filter(|f| f.number == 5) {
             let a = self.attribute(buf.slice(f.payload.clone()), &n, graph_name)?;
@@ -573,22 +460,11 @@ impl Lifter<'_> {
         Ok(n)
     }
 
-    fn attribute(
-        &mut self,
-        buf: Bytes,
-        n: &LiftedNode,
-        graph_name: &str,
-    ) -> Result<Attribute, LoadError> {
+    fn attribute(&mut self, buf: Bytes, n: &LiftedNode, graph_name: &str) -> Result<Attribute, LoadError> {
         let ctx = format!("an attribute of node '{}' ({})", n.display_name(), n.op);
         let fs = self.fields(&buf, &ctx)?;
-        let p: pb::AttributeProto = self.decode(
-            &wire::filtered(
-                &buf,
-                &fs,
-                &[1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 20, 21, 22, 23],
-            ),
-            &ctx,
-        )?;
+        let p: pb::AttributeProto =
+            self.decode(&wire::filtered(&buf, &fs, &[1, 2, 3, 4, 7, 8, 9, 13, 14, 15, 20, 21, 22, 23]), &ctx)?;
         let name = p.name.clone().unwrap_or_default();
         let has = |num: u32| fs.iter().any(|f| f.number == num);
         // The value is the field `type` names; files without `type` use whichever field is set.
@@ -622,19 +498,12 @@ impl Lifter<'_> {
             2 => (AttrValue::Int(p.i.unwrap_or_default()), Some(3)),
             3 => (AttrValue::String(p.s.clone().unwrap_or_default()), Some(4)),
             4 => match fs.iter().rev().find(|f| f.number == 5) {
-                Some(f) => (
-                    AttrValue::Tensor(self.tensor(buf.slice(f.payload.clone()), graph_name)?),
-                    Some(5),
-                ),
+                Some(f) => (AttrValue::Tensor(self.tensor(buf.slice(f.payload.clone()), graph_name)?), Some(5)),
                 None => (AttrValue::None, None),
             },
             5 => match fs.iter().rev().find(|f| f.number == 6) {
                 Some(f) => (
-                    AttrValue::Graph(Box::new(self.graph(
-                        buf.slice(f.payload.clone()),
-                        true,
-                        &sub_path(None),
-                    )?)),
+                    AttrValue::Graph(Box::new(self.graph(buf.slice(f.payload.clone()), true, &sub_path(None))?)),
                     Some(6),
                 ),
                 None => (AttrValue::None, None),
@@ -657,10 +526,7 @@ impl Lifter<'_> {
                 (AttrValue::Graphs(v), Some(11))
             }
             11 => match fs.iter().rev().find(|f| f.number == 22) {
-                Some(f) => (
-                    AttrValue::SparseTensor(self.sparse(buf.slice(f.payload.clone()), graph_name)?),
-                    Some(22),
-                ),
+                Some(f) => (AttrValue::SparseTensor(self.sparse(buf.slice(f.payload.clone()), graph_name)?), Some(22)),
                 None => (AttrValue::None, None),
             },
             12 => {
@@ -674,10 +540,7 @@ impl Lifter<'_> {
                 Some(t) => (AttrValue::Type(lift_type(t)), Some(14)),
                 None => (AttrValue::None, None),
             },
-            14 => (
-                AttrValue::Types(p.type_protos.iter().map(lift_type).collect()),
-                Some(15),
-            ),
+            14 => (AttrValue::Types(p.type_protos.iter().map(lift_type).collect()), Some(15)),
             _ => (AttrValue::None, None),
         };
         let mut modelled: Vec<u32> = ATTR_HEADER.to_vec();
@@ -701,92 +564,42 @@ impl Lifter<'_> {
         let p: pb::TensorProto = self.decode(&wire::filtered(&buf, &fs, &keep), "TensorProto")?;
         let name = p.name.clone();
         let tname = name.clone().unwrap_or_else(|| "<unnamed>".into());
-        let terr = |message: String| LoadError::Tensor {
-            path: self.path.to_path_buf(),
-            tensor: tname.clone(),
-            message,
-        };
+        let terr =
+            |message: String| LoadError::Tensor { path: self.path.to_path_buf(), tensor: tname.clone(), message };
         let code = p.data_type.unwrap_or(0);
         let dtype = DType::from_onnx(code).unwrap_or(DType::Undefined);
-        let raw = fs
-            .iter()
-            .rev()
-            .find(|f| f.number == 9)
-            .map(|f| buf.slice(f.payload.clone()));
+        let raw = fs.iter().rev().find(|f| f.number == 9).map(|f| buf.slice(f.payload.clone()));
         let (data, data_field) = if p.data_location == Some(1) {
             let mut entries = Vec::new();
             for e in &p.external_data {
-                entries.push((
-                    e.key.clone().unwrap_or_default(),
-                    e.value.clone().unwrap_or_default(),
-                ));
+                entries.push((e.key.clone().unwrap_or_default(), e.value.clone().unwrap_or_default()));
             }
-            let get = |k: &str| {
-                entries
-                    .iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-            };
-            let location = get("location")
-                .ok_or_else(|| terr("external data without a 'location' entry".into()))?;
+            let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            let location = get("location").ok_or_else(|| terr("external data without a 'location' entry".into()))?;
             let num = |k: &str| -> Result<Option<u64>, LoadError> {
                 get(k)
                     .map(|s| {
-                        s.trim().parse::<u64>().map_err(|_| {
-                            terr(format!("external data '{k}' is not a number: '{s}'"))
-                        })
+                        s.trim().parse::<u64>().map_err(|_| terr(format!("external data '{k}' is not a number: '{s}'")))
                     })
                     .transpose()
             };
             let (offset, length) = (num("offset")?, num("length")?);
-            let bytes = self
-                .ext
-                .slice(&location, offset.unwrap_or(0), length)
-                .map_err(terr)?;
-            (
-                TensorData::External {
-                    reference: ExternalRef {
-                        location,
-                        offset,
-                        length,
-                        entries,
-                    },
-                    bytes,
-                },
-                None,
-            )
+            let bytes = self.ext.slice(&location, offset.unwrap_or(0), length).map_err(terr)?;
+            (TensorData::External { reference: ExternalRef { location, offset, length, entries }, bytes }, None)
         } else if let Some(raw) = raw {
             (TensorData::Raw(raw), Some(9))
         } else if !p.float_data.is_empty() {
-            (
-                TensorData::Typed(TypedData::Float(p.float_data.clone())),
-                Some(4),
-            )
+            (TensorData::Typed(TypedData::Float(p.float_data.clone())), Some(4))
         } else if !p.int32_data.is_empty() {
-            (
-                TensorData::Typed(TypedData::Int32(p.int32_data.clone())),
-                Some(5),
-            )
+            (TensorData::Typed(TypedData::Int32(p.int32_data.clone())), Some(5))
         } else if !p.string_data.is_empty() {
-            (
-                TensorData::Typed(TypedData::String(p.string_data.clone())),
-                Some(6),
-            )
+            (TensorData::Typed(TypedData::String(p.string_data.clone())), Some(6))
         } else if !p.int64_data.is_empty() {
-            (
-                TensorData::Typed(TypedData::Int64(p.int64_data.clone())),
-                Some(7),
-            )
+            (TensorData::Typed(TypedData::Int64(p.int64_data.clone())), Some(7))
         } else if !p.double_data.is_empty() {
-            (
-                TensorData::Typed(TypedData::Double(p.double_data.clone())),
-                Some(10),
-            )
+            (TensorData::Typed(TypedData::Double(p.double_data.clone())), Some(10))
         } else if !p.uint64_data.is_empty() {
-            (
-                TensorData::Typed(TypedData::Uint64(p.uint64_data.clone())),
-                Some(11),
-            )
+            (TensorData::Typed(TypedData::Uint64(p.uint64_data.clone())), Some(11))
         } else {
             (TensorData::Empty, None)
         };
@@ -812,8 +625,7 @@ impl Lifter<'_> {
 
     fn sparse(&mut self, buf: Bytes, graph_name: &str) -> Result<SparseTensor, LoadError> {
         let fs = self.fields(&buf, "SparseTensorProto")?;
-        let p: pb::SparseTensorProto =
-            self.decode(&wire::filtered(&buf, &fs, &[3]), "SparseTensorProto")?;
+        let p: pb::SparseTensorProto = self.decode(&wire::filtered(&buf, &fs, &[3]), "SparseTensorProto")?;
         let mut sp = SparseTensor {
             values: None,
             indices: None,
@@ -859,12 +671,8 @@ pub fn lift_type(t: &pb::TypeProto) -> Type {
                 .iter()
                 .map(|d| Dim {
                     value: match &d.value {
-                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => {
-                            DimValue::Known(*v)
-                        }
-                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => {
-                            DimValue::Sym(p.clone())
-                        }
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => DimValue::Known(*v),
+                        Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => DimValue::Sym(p.clone()),
                         None => DimValue::Unknown,
                     },
                     denotation: d.denotation.clone(),
@@ -874,34 +682,19 @@ pub fn lift_type(t: &pb::TypeProto) -> Type {
     };
     let elem = |c: Option<i32>| c.and_then(DType::from_onnx);
     let kind = match &t.value {
-        Some(V::TensorType(tt)) => TypeKind::Tensor {
-            elem: elem(tt.elem_type),
-            elem_code: tt.elem_type,
-            shape: shape(&tt.shape),
-        },
-        Some(V::SparseTensorType(tt)) => TypeKind::SparseTensor {
-            elem: elem(tt.elem_type),
-            elem_code: tt.elem_type,
-            shape: shape(&tt.shape),
-        },
-        Some(V::SequenceType(s)) => {
-            TypeKind::Sequence(s.elem_type.as_deref().map(|t| Box::new(lift_type(t))))
+        Some(V::TensorType(tt)) => {
+            TypeKind::Tensor { elem: elem(tt.elem_type), elem_code: tt.elem_type, shape: shape(&tt.shape) }
         }
-        Some(V::MapType(m)) => TypeKind::Map {
-            key: m.key_type,
-            value: m.value_type.as_deref().map(|t| Box::new(lift_type(t))),
-        },
-        Some(V::OptionalType(o)) => {
-            TypeKind::Optional(o.elem_type.as_deref().map(|t| Box::new(lift_type(t))))
+        Some(V::SparseTensorType(tt)) => {
+            TypeKind::SparseTensor { elem: elem(tt.elem_type), elem_code: tt.elem_type, shape: shape(&tt.shape) }
         }
-        Some(V::OpaqueType(o)) => TypeKind::Opaque {
-            domain: o.domain.clone(),
-            name: o.name.clone(),
-        },
+        Some(V::SequenceType(s)) => TypeKind::Sequence(s.elem_type.as_deref().map(|t| Box::new(lift_type(t)))),
+        Some(V::MapType(m)) => {
+            TypeKind::Map { key: m.key_type, value: m.value_type.as_deref().map(|t| Box::new(lift_type(t))) }
+        }
+        Some(V::OptionalType(o)) => TypeKind::Optional(o.elem_type.as_deref().map(|t| Box::new(lift_type(t)))),
+        Some(V::OpaqueType(o)) => TypeKind::Opaque { domain: o.domain.clone(), name: o.name.clone() },
         None => TypeKind::Unset,
     };
-    Type {
-        kind,
-        denotation: t.denotation.clone(),
-    }
+    Type { kind, denotation: t.denotation.clone() }
 }
