@@ -6,4 +6,4 @@
 
 pub mod onnx;
 
-pub use onnx::{LoadError, LoadOptions, load, load_bytes};
+pub use onnx::{LoadError, LoadOptions, load, load_bytes, load_tensor};

@@ -73,6 +73,14 @@ pub fn load_bytes(bytes: Bytes, base_dir: Option<&Path>, opts: &LoadOptions) -> 
     lift_model(bytes, Path::new("<memory>"), base_dir.map(Path::to_path_buf), opts)
 }
 
+/// Reads one serialized `TensorProto` (as in the onnx backend tests' `input_0.pb`).
+/// External data is resolved against `base_dir` when given.
+pub fn load_tensor(bytes: Bytes, base_dir: Option<&Path>) -> Result<optc_ir::Tensor, LoadError> {
+    let path = Path::new("<tensor>");
+    let mut lf = Lifter { path, ext: ExternalFiles::new(base_dir.map(Path::to_path_buf)) };
+    lf.tensor(bytes, "<tensor>")
+}
+
 // Field numbers of the messages the IR lifts (onnx-ml.proto).
 pub mod fields {
     pub const MODEL_KNOWN: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25, 26];

@@ -1,0 +1,77 @@
+//! optc's reference evaluator: runs a model's graph on the CPU.
+//!
+//! Passes use it to fold constants and to calibrate (activation statistics stream to an
+//! [`Observer`] without keeping every activation); the CLI uses it for `optc run` and `optc
+//! verify`. Values are [`Tensor`]s (typed `ndarray` arrays), sequences or optionals.
+
+mod error;
+mod interp;
+pub mod ops;
+mod value;
+
+pub use error::{EvalError, Result};
+pub use interp::Observer;
+pub use value::{Tensor, Value};
+
+use optc_ir::{Init, Model, ValueId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Runs one model repeatedly; converted initializers are kept between runs.
+pub struct Evaluator<'m> {
+    model: &'m Model,
+    opset: i64,
+    inits: HashMap<ValueId, Arc<Value>>,
+}
+
+impl<'m> Evaluator<'m> {
+    pub fn new(model: &'m Model) -> Result<Evaluator<'m>> {
+        let g = &model.graph;
+        let mut inits = HashMap::new();
+        for &v in &g.initializers {
+            if let Some(Init::Dense(t)) = &g.value(v).init {
+                inits.insert(v, Arc::new(Value::Tensor(Tensor::from_ir(t)?)));
+            }
+        }
+        Ok(Evaluator { model, opset: model.opset("").unwrap_or(1), inits })
+    }
+
+    /// Names of the graph inputs that need a value (inputs with an initializer are optional).
+    pub fn input_names(&self) -> Vec<String> {
+        let g = &self.model.graph;
+        g.inputs.iter().map(|d| g.value(d.value).name.clone()).collect()
+    }
+
+    pub fn output_names(&self) -> Vec<String> {
+        let g = &self.model.graph;
+        g.outputs.iter().map(|d| g.value(d.value).name.clone()).collect()
+    }
+
+    /// Runs the model on named inputs; returns the outputs in graph order.
+    pub fn run(&self, inputs: &HashMap<String, Value>) -> Result<Vec<(String, Value)>> {
+        self.run_observed(inputs, None)
+    }
+
+    /// Like [`Evaluator::run`], reporting every value the observer wants.
+    pub fn run_observed(
+        &self,
+        inputs: &HashMap<String, Value>,
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<Vec<(String, Value)>> {
+        let g = &self.model.graph;
+        for name in inputs.keys() {
+            if !g.inputs.iter().any(|d| &g.value(d.value).name == name) {
+                return Err(EvalError::Input {
+                    name: name.clone(),
+                    message: format!(
+                        "the model has no input of that name; its inputs: {}",
+                        self.input_names().join(", ")
+                    ),
+                });
+            }
+        }
+        let bound: Vec<Option<Value>> = g.inputs.iter().map(|d| inputs.get(&g.value(d.value).name).cloned()).collect();
+        let outs = interp::run_graph(g, self.opset, bound, None, observer, Some(&self.inits))?;
+        Ok(self.output_names().into_iter().zip(outs).collect())
+    }
+}
