@@ -42,6 +42,7 @@
 pub use optc_backends as backends;
 pub use optc_cost as cost;
 pub use optc_cost::Target;
+pub use optc_eval as eval;
 pub use optc_frontends as frontends;
 pub use optc_ir as ir;
 pub use optc_passes as passes;

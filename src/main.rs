@@ -1,6 +1,7 @@
 //! The `optc` command line.
 
 mod inspect;
+mod runcmd;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -39,6 +40,10 @@ Run `optc passes` for every pass, its options and its exactness.")]
     Passes,
     /// Write a seeded synthetic model (for examples, tests and benchmarks).
     Gen(GenArgs),
+    /// Run a model with optc's evaluator; inputs from .npy files or seeded random data.
+    Run(runcmd::RunArgs),
+    /// Run two models on the same inputs and compare their outputs (exit 1 when out of tolerance).
+    Verify(runcmd::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -110,11 +115,19 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd_inspect(a),
         Command::Passes => cmd_passes(),
         Command::Gen(a) => cmd_gen(a),
+        Command::Run(a) => runcmd::run(a),
+        Command::Verify(a) => runcmd::verify(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e.downcast_ref::<optc::Error>().map(|e| e.exit_code()).unwrap_or(1);
+            let code = if e.downcast_ref::<runcmd::UsageError>().is_some()
+                || e.downcast_ref::<optc::eval::EvalError>().is_some_and(|e| matches!(e, optc::eval::EvalError::Input { .. }))
+            {
+                2
+            } else {
+                e.downcast_ref::<optc::Error>().map(|e| e.exit_code()).unwrap_or(1)
+            };
             eprintln!("error: {e:#}");
             ExitCode::from(code as u8)
         }

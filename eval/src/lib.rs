@@ -6,6 +6,8 @@
 
 mod error;
 mod interp;
+pub mod inputs;
+pub mod npy;
 pub mod ops;
 mod value;
 
