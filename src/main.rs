@@ -122,7 +122,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = if e.downcast_ref::<runcmd::UsageError>().is_some()
-                || e.downcast_ref::<optc::eval::EvalError>().is_some_and(|e| matches!(e, optc::eval::EvalError::Input { .. }))
+                || e.downcast_ref::<optc::eval::EvalError>()
+                    .is_some_and(|e| matches!(e, optc::eval::EvalError::Input { .. }))
             {
                 2
             } else {

@@ -55,7 +55,10 @@ fn parse_dims(dims: &[String]) -> anyhow::Result<HashMap<String, i64>> {
     dims.iter()
         .map(|d| {
             let (k, v) = d.split_once('=').with_context(|| format!("--dim '{d}' must be SYM=N"))?;
-            Ok((k.trim().to_string(), v.trim().parse::<i64>().with_context(|| format!("--dim '{d}': N must be an integer"))?))
+            Ok((
+                k.trim().to_string(),
+                v.trim().parse::<i64>().with_context(|| format!("--dim '{d}': N must be an integer"))?,
+            ))
         })
         .collect()
 }
@@ -109,7 +112,13 @@ fn describe(v: &Value) -> String {
             format!("{}{:?}{stats}", t.dtype(), t.shape())
         }
         Value::Sequence(s) => format!("sequence of {} tensors", s.len()),
-        Value::Optional(o) => if o.is_some() { "optional (present)".into() } else { "optional (empty)".into() },
+        Value::Optional(o) => {
+            if o.is_some() {
+                "optional (present)".into()
+            } else {
+                "optional (empty)".into()
+            }
+        }
     }
 }
 
@@ -187,7 +196,13 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<()> {
                     d.max_rel,
                     d.cosine,
                     d.argmax_agree * 100.0,
-                    if d.identical { "identical" } else if pass { "ok" } else { "OUT OF TOLERANCE" }
+                    if d.identical {
+                        "identical"
+                    } else if pass {
+                        "ok"
+                    } else {
+                        "OUT OF TOLERANCE"
+                    }
                 );
             }
             Err(e) => {

@@ -5,8 +5,8 @@
 //! verify`. Values are [`Tensor`]s (typed `ndarray` arrays), sequences or optionals.
 
 mod error;
-mod interp;
 pub mod inputs;
+mod interp;
 pub mod npy;
 pub mod ops;
 mod value;
@@ -76,4 +76,13 @@ impl<'m> Evaluator<'m> {
         let outs = interp::run_graph(g, self.opset, bound, None, observer, Some(&self.inits))?;
         Ok(self.output_names().into_iter().zip(outs).collect())
     }
+}
+
+/// Evaluates one node of `g` on given input values (constant folding). Subgraph-holding nodes
+/// see `g`'s values by name.
+pub fn eval_node(g: &optc_ir::Graph, n: optc_ir::NodeId, opset: i64, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let env = HashMap::new();
+    let scope = interp::Scope { graph: g, env: &env, parent: None };
+    let cx = ops::Ctx { node: g.node(n), opset, scope: &scope };
+    ops::dispatch(&cx, inputs)
 }

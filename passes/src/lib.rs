@@ -12,7 +12,9 @@ mod manager;
 pub mod pipeline;
 mod registry;
 
+pub mod cse;
 pub mod dce;
+pub mod fold;
 pub mod identity;
 pub mod shape_fold;
 pub mod util;

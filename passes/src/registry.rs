@@ -25,6 +25,8 @@ impl PassRegistry {
     pub fn with_builtins() -> PassRegistry {
         let mut r = PassRegistry::empty();
         r.register(crate::dce::Dce);
+        r.register(crate::cse::Cse);
+        r.register(crate::fold::Fold);
         r.register(crate::identity::IdentityElim);
         r.register(crate::shape_fold::ShapeFold);
         r
