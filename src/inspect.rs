@@ -232,3 +232,29 @@ pub fn describe(m: &Model, path: &Path, disk: u64) -> String {
     }
     s
 }
+
+/// Every value of the main graph with its inferred type, in topological order.
+pub fn shapes(m: &Model) -> String {
+    let g = &m.graph;
+    let facts = optc::ir::infer::infer(g, m.opset("").unwrap_or(1));
+    let ty = |v| facts.ty(v).map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+    let mut s = String::new();
+    for d in &g.inputs {
+        let _ = writeln!(s, "input  {}: {}", g.value(d.value).name, ty(d.value));
+    }
+    let order = g.topo_order().unwrap_or_else(|_| g.nodes().collect());
+    let (mut known, mut total) = (0, 0);
+    for n in order {
+        let node = g.node(n);
+        for o in node.outputs().iter().flatten() {
+            total += 1;
+            if facts.shape(*o).is_some() {
+                known += 1;
+            }
+            let _ =
+                writeln!(s, "{:<24} {}: {}", format!("{} {}", node.op, node.display_name()), g.value(*o).name, ty(*o));
+        }
+    }
+    let _ = writeln!(s, "shapes known for {known} of {total} node outputs");
+    s
+}

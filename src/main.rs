@@ -106,6 +106,9 @@ struct InspectArgs {
     /// Print the whole IR as text.
     #[arg(long)]
     ir: bool,
+    /// Print the inferred type and shape of every value, node by node.
+    #[arg(long)]
+    shapes: bool,
 }
 
 fn main() -> ExitCode {
@@ -239,7 +242,9 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
 
 fn cmd_inspect(a: InspectArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.input)?;
-    if a.ir {
+    if a.shapes {
+        print!("{}", inspect::shapes(model.ir()));
+    } else if a.ir {
         print!("{}", optc::ir::text::model_to_text(model.ir()));
     } else {
         print!("{}", inspect::describe(model.ir(), &a.input, model_disk_size(&a.input, model.ir())));

@@ -115,8 +115,8 @@ pub struct SaveReport {
 
 #[derive(Debug, Error)]
 pub enum SaveError {
-    #[error("cannot write '{path}': {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot write '{path}': {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("the model is {size} bytes, over protobuf's 2 GiB limit; use --external-data auto or always")]
     TooLarge { size: u64 },
     #[error("{0}")]
@@ -210,7 +210,7 @@ fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<(), SaveError> {
-    let io = |source| SaveError::Io { path: path.to_path_buf(), source };
+    let io = |err| SaveError::Io { path: path.to_path_buf(), err };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.optc-tmp-{}", std::process::id()));

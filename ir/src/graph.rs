@@ -575,9 +575,19 @@ impl Graph {
         if order.len() == total {
             Ok(order)
         } else {
-            let mut stuck: Vec<NodeId> = indeg.iter().filter(|(_, d)| **d > 0).map(|(n, _)| NodeId(*n)).collect();
-            stuck.sort_by_key(|n| self.node(*n).seq);
-            Err(stuck)
+            // Report the nodes that lie on a cycle, not everything waiting behind one.
+            let mut on_cycle: Vec<NodeId> = petgraph::algo::kosaraju_scc(&self.g)
+                .into_iter()
+                .filter(|scc| scc.len() > 1 || self.g.contains_edge(scc[0], scc[0]))
+                .flatten()
+                .filter(|&i| matches!(self.g[i], Vertex::Node(_)))
+                .map(NodeId)
+                .collect();
+            if on_cycle.is_empty() {
+                on_cycle = indeg.iter().filter(|(_, d)| **d > 0).map(|(n, _)| NodeId(*n)).collect();
+            }
+            on_cycle.sort_by_key(|n| self.node(*n).seq);
+            Err(on_cycle)
         }
     }
 

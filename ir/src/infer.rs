@@ -3,6 +3,7 @@
 //! types without disturbing the rest. Inference fills in types the file left out; it never
 //! overrides a declared type.
 
+use crate::symexpr::Lin;
 use crate::{
     AttrList, DType, Dim, DimValue, Graph, Init, NodeId, Op, Shape, Tensor, TensorData, Type, TypeKind, TypedData,
     ValueId,
@@ -166,6 +167,39 @@ fn ttype(elem: Option<DType>, shape: Option<Shape>) -> Option<Type> {
     })
 }
 
+fn lin(d: &DimValue) -> Option<Lin> {
+    match d {
+        DimValue::Known(k) => Some(Lin::constant(*k)),
+        DimValue::Sym(s) => Some(Lin::parse(s)),
+        DimValue::Unknown => None,
+    }
+}
+
+fn from_lin(l: Option<Lin>) -> DimValue {
+    match l {
+        Some(l) => match l.as_constant() {
+            Some(c) => DimValue::Known(c),
+            None => DimValue::Sym(l.to_string()),
+        },
+        None => DimValue::Unknown,
+    }
+}
+
+/// `a + b` on dims, symbolic where needed (`seq + 1`).
+pub fn dim_add(a: &DimValue, b: &DimValue) -> DimValue {
+    from_lin(lin(a).zip(lin(b)).map(|(x, y)| x.add(&y)))
+}
+
+/// `a - b` on dims.
+pub fn dim_sub(a: &DimValue, b: &DimValue) -> DimValue {
+    from_lin(lin(a).zip(lin(b)).map(|(x, y)| x.sub(&y)))
+}
+
+/// `a * b` on dims when one side is a constant.
+pub fn dim_mul(a: &DimValue, b: &DimValue) -> DimValue {
+    from_lin(lin(a).zip(lin(b)).and_then(|(x, y)| x.mul(&y)))
+}
+
 fn dim_from(v: &DimValue) -> Dim {
     Dim { value: v.clone(), denotation: None }
 }
@@ -216,6 +250,17 @@ fn binary_values(
     f: impl Fn(i64, i64) -> Option<i64>,
     out_dtype: DType,
 ) -> Option<SymTensor> {
+    binary_values_sym(a, b, f, |_, _| DimValue::Unknown, out_dtype)
+}
+
+/// Like `binary_values`, with `g` combining elements when one of them is symbolic.
+fn binary_values_sym(
+    a: &SymTensor,
+    b: &SymTensor,
+    f: impl Fn(i64, i64) -> Option<i64>,
+    g: impl Fn(&DimValue, &DimValue) -> DimValue,
+    out_dtype: DType,
+) -> Option<SymTensor> {
     let sa: Shape = a.dims.iter().map(|&d| Dim::known(d as i64)).collect();
     let sb: Shape = b.dims.iter().map(|&d| Dim::known(d as i64)).collect();
     let out = broadcast(&[&sa, &sb])?;
@@ -248,7 +293,7 @@ fn binary_values(
         let y = &b.data[index(b, i)];
         data.push(match (x, y) {
             (DimValue::Known(x), DimValue::Known(y)) => f(*x, *y).map(DimValue::Known).unwrap_or(DimValue::Unknown),
-            _ => DimValue::Unknown,
+            (x, y) => g(x, y),
         });
     }
     Some(SymTensor { dtype: out_dtype, dims, data })
@@ -364,8 +409,8 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                     if node.inputs().len() == 2 =>
                 {
                     let dt = a.dtype;
-                    let op = op.clone();
-                    binary_values(
+                    let (op, op2) = (op.clone(), op.clone());
+                    binary_values_sym(
                         a,
                         b,
                         move |x, y| match op {
@@ -379,6 +424,12 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                                 (y != 0).then(|| x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 })
                             }
                             _ => None,
+                        },
+                        move |x, y| match op2 {
+                            Op::Add => dim_add(x, y),
+                            Op::Sub => dim_sub(x, y),
+                            Op::Mul => dim_mul(x, y),
+                            _ => DimValue::Unknown,
                         },
                         dt,
                     )
@@ -601,8 +652,11 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                         return None;
                     }
                     let mut out = shapes[0].clone();
-                    let total = shapes.iter().try_fold(0i64, |acc, s| s[axis].as_known().map(|k| acc + k));
-                    out[axis] = total.map(Dim::known).unwrap_or_else(Dim::unknown);
+                    let total = shapes
+                        .iter()
+                        .skip(1)
+                        .fold(shapes[0][axis].value.clone(), |acc, s| dim_add(&acc, &s[axis].value));
+                    out[axis] = dim_from(&total);
                     Some(out)
                 })
             } else {
@@ -833,11 +887,7 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                         .enumerate()
                         .map(|(i, d)| {
                             let add = p[i] + p[i + s.len()];
-                            if add == 0 {
-                                d.clone()
-                            } else {
-                                d.as_known().map(|k| Dim::known(k + add)).unwrap_or_else(Dim::unknown)
-                            }
+                            if add == 0 { d.clone() } else { dim_from(&dim_add(&d.value, &DimValue::Known(add))) }
                         })
                         .collect(),
                 ),
@@ -999,7 +1049,12 @@ fn slice_shape(
             return (None, None);
         }
         let Some(d) = sh[a].as_known() else {
-            out[a] = Dim::unknown();
+            // Symbolic dim: `x[k:]` has dim-k elements, `x[-k:]` has k, `x[:k]` is unknown (k may exceed dim).
+            out[a] = match (starts[i], ends[i], step) {
+                (s, e, 1) if s >= 0 && e >= i32::MAX as i64 => dim_from(&dim_sub(&sh[a].value, &DimValue::Known(s))),
+                (s, e, 1) if s < 0 && e >= i32::MAX as i64 => Dim::known(-s),
+                _ => Dim::unknown(),
+            };
             continue;
         };
         let clampi = |v: i64, lo: i64, hi: i64| v.clamp(lo, hi);
@@ -1077,5 +1132,36 @@ mod tests {
         let b = vec![Dim::known(3), Dim::known(1)];
         assert_eq!(broadcast(&[&a, &b]).unwrap(), vec![Dim::sym("n"), Dim::known(3), Dim::known(5)]);
         assert!(broadcast(&[&vec![Dim::known(2)], &vec![Dim::known(3)]]).is_none());
+    }
+}
+
+#[cfg(test)]
+mod sym_tests {
+    use super::*;
+    use crate::{Attribute, Decl, NodeSpec};
+
+    #[test]
+    fn concat_and_pad_give_expressions() {
+        let mut g = Graph::new("g");
+        let ty = |d: Vec<Dim>| Some(Type::tensor(DType::F32, d));
+        let past = g.add_value("past", ty(vec![Dim::known(1), Dim::sym("past_len"), Dim::known(8)])).unwrap();
+        let cur = g.add_value("cur", ty(vec![Dim::known(1), Dim::sym("seq"), Dim::known(8)])).unwrap();
+        g.inputs.push(Decl::new(past));
+        g.inputs.push(Decl::new(cur));
+        let kv = g.add_value("kv", None).unwrap();
+        g.add_node(
+            NodeSpec::new(Op::Concat, vec![Some(past), Some(cur)], vec![Some(kv)])
+                .attrs(vec![Attribute::int("axis", 1)]),
+        )
+        .unwrap();
+        let twice = g.add_value("twice", None).unwrap();
+        g.add_node(
+            NodeSpec::new(Op::Concat, vec![Some(cur), Some(cur)], vec![Some(twice)])
+                .attrs(vec![Attribute::int("axis", 1)]),
+        )
+        .unwrap();
+        let f = infer(&g, 17);
+        assert_eq!(f.shape(kv).unwrap()[1], Dim::sym("past_len+seq"));
+        assert_eq!(f.shape(twice).unwrap()[1], Dim::sym("2*seq"));
     }
 }

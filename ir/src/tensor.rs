@@ -161,6 +161,7 @@ impl Tensor {
             DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
             DType::U8 => b.iter().map(|&x| x as i64).collect(),
             DType::I8 => b.iter().map(|&x| x as i8 as i64).collect(),
+            DType::Bool => b.iter().map(|&x| i64::from(x != 0)).collect(),
             _ => return None,
         })
     }

@@ -24,8 +24,8 @@ pub const MAX_IR_VERSION: i64 = 13;
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("cannot read '{path}': {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read '{path}': {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("'{0}' is empty (0 bytes): not an ONNX model")]
     Empty(PathBuf),
     #[error("'{path}' is not a valid ONNX model: protobuf decode failed in {context}: {message}")]
@@ -49,7 +49,7 @@ pub struct LoadOptions {
 
 /// Reads an ONNX model from a file, mapping it (and its external data) into memory.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
-    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+    let io = |err| LoadError::Io { path: path.to_path_buf(), err };
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
