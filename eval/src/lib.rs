@@ -8,6 +8,7 @@ mod error;
 pub mod inputs;
 mod interp;
 pub mod npy;
+pub mod stats;
 pub mod ops;
 mod value;
 
