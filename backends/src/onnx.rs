@@ -212,6 +212,7 @@ fn write_atomic(
 ) -> Result<(), SaveError> {
     let io = |err| SaveError::Io { path: path.to_path_buf(), err };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.optc-tmp-{}", std::process::id()));
     // create_new never follows or reuses an existing path (a planted link included).

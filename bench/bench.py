@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+"""Benchmark driver: optc versus the Python ONNX tools.  Use bench/run, which
+sets up bench/.venv, builds optc, and then calls this with the right flags.
+
+Benchmarks
+  roundtrip  a seeded ~2.3 GB transformer with external data
+             (bench/gen_big_transformer.py): `optc opt M -p "" -o OUT` versus
+             onnx.load + onnx.save(save_as_external_data=True), then a
+             streaming identity check of each output against the input.
+  optimise   every model in the model cache: `optc opt M -p dce,identity,shape-fold`
+             versus onnxruntime offline optimisation (BASIC, EXTENDED),
+             onnxsim, onnxslim and onnxoptimizer.
+
+Every tool runs as its own process; wall time is measured around the process
+and peak RSS is GNU time's %M for it (falling back to polling VmHWM when
+/usr/bin/time is missing).  The report goes to --report (docs/BENCH.md) and
+the raw figures to OUT_DIR/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+
+OPTC_PIPELINE = "dce,identity,shape-fold"
+PRIMARY_MODELS = ["paraphrase-MiniLM-L3-v2", "open_nsfw"]
+EXTRA_ORDER = ["ch_ppocr_mobile_v2.0_cls_infer", "ch_PP-OCRv4_det_infer", "ch_PP-OCRv4_rec_infer",
+               "silero_vad", "silero_vad_op18_ifless", "magika_standard_v3_3", "smart-turn-v3.2-cpu"]
+PEERS = ["ort-basic", "ort-extended", "onnxsim", "onnxslim", "onnxoptimizer"]
+TOOLS = ["optc"] + PEERS
+TOOL_LABEL = {
+    "optc": f"optc `{OPTC_PIPELINE}`",
+    "ort-basic": "ORT BASIC",
+    "ort-extended": "ORT EXTENDED",
+    "onnxsim": "onnxsim",
+    "onnxslim": "onnxslim",
+    "onnxoptimizer": "onnxoptimizer",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- measuring
+
+GNU_TIME = "/usr/bin/time"
+
+
+def _hwm_kb(pid: int):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("VmHWM:"):
+                    return int(ln.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def measure(cmd: list[str], timeout: float, cwd: str | None = None) -> dict:
+    """Run cmd as a child process: wall time around the process, and its peak RSS.
+
+    Peak RSS comes from GNU time's %M (the child's ru_maxrss from wait4) when
+    /usr/bin/time exists.  (Reading ru_maxrss of a child forked straight from
+    this driver would be wrong: Linux carries the pre-exec hiwater mark of the
+    forked copy of this Python process across exec.)  Without GNU time it falls
+    back to polling the child's VmHWM every 2 ms, which is exact unless the
+    peak happens in the last 2 ms.
+    """
+    use_time = os.access(GNU_TIME, os.X_OK)
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe, \
+            tempfile.NamedTemporaryFile(mode="r", suffix=".time") as ft:
+        full = [GNU_TIME, "-f", "%e %M", "-o", ft.name] + cmd if use_time else cmd
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.Popen(full, stdout=fo, stderr=fe, cwd=cwd, start_new_session=True)
+        except OSError as e:
+            return {"rc": None, "ok": False, "wall_s": None, "maxrss_kb": None, "timed_out": False,
+                    "stdout": "", "stderr": str(e)}
+        timed_out = threading.Event()
+
+        def kill():
+            timed_out.set()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        hwm = cpu = None
+        if use_time:
+            # CPU time from wait4 on GNU time itself: it includes its reaped child, in microseconds
+            # (GNU time's own %U/%S have 10 ms resolution); GNU time adds about a millisecond.
+            _, status, ru = os.wait4(p.pid, 0)
+            rc = p.returncode = os.waitstatus_to_exitcode(status)
+            cpu = ru.ru_utime + ru.ru_stime
+        else:
+            while True:
+                h = _hwm_kb(p.pid)
+                if h is not None:
+                    hwm = h if hwm is None else max(hwm, h)
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    rc = p.returncode = os.waitstatus_to_exitcode(status)
+                    cpu = ru.ru_utime + ru.ru_stime
+                    break
+                time.sleep(0.002)
+        wall = time.perf_counter() - t0
+        timer.cancel()
+        if use_time:
+            lines = [ln for ln in ft.read().splitlines() if ln.strip()]
+            try:
+                f = lines[-1].split()
+                hwm = int(f[1])
+            except (IndexError, ValueError):
+                pass
+        fo.seek(0)
+        fe.seek(0)
+        out = fo.read().decode("utf-8", "replace")
+        err = fe.read().decode("utf-8", "replace")
+    return {"rc": rc, "ok": rc == 0 and not timed_out.is_set(), "wall_s": wall, "maxrss_kb": hwm, "cpu_s": cpu,
+            "timed_out": timed_out.is_set(), "stdout": out, "stderr": err,
+            "rss_method": "GNU time %M" if use_time else "VmHWM polling"}
+
+
+def fail_reason(m: dict) -> str:
+    if m.get("timed_out"):
+        return "timed out"
+    lines = [ln.strip() for ln in (m.get("stderr") or "").splitlines() if ln.strip()]
+    tail = lines[-1] if lines else ""
+    for ln in reversed(lines):  # prefer an error line over a trailing backtrace note
+        low = ln.lower()
+        if "error" in low or "panicked" in low:
+            tail = ln
+            break
+    return f"rc={m.get('rc')}: {tail[:160]}"
+
+
+def last_json(text: str):
+    for ln in reversed(text.strip().splitlines()):
+        ln = ln.strip()
+        if ln.startswith("{"):
+            try:
+                return json.loads(ln)
+            except json.JSONDecodeError:
+                pass
+    return None
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def node_count(path: str):
+    import onnx
+
+    try:
+        return len(onnx.load(path, load_external_data=False).graph.node)
+    except Exception:
+        return None
+
+
+def rm(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def sync() -> None:
+    try:
+        os.sync()
+    except AttributeError:
+        subprocess.run(["sync"], check=False)
+
+
+# --------------------------------------------------------------------------- environment
+
+def machine_info() -> dict:
+    cpu = "?"
+    try:
+        for ln in open("/proc/cpuinfo"):
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for ln in open("/proc/meminfo"):
+            if ln.startswith("MemTotal"):
+                mem = f"{int(ln.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    osname = platform.platform()
+    try:
+        for ln in open("/etc/os-release"):
+            if ln.startswith("PRETTY_NAME="):
+                osname = ln.split("=", 1)[1].strip().strip('"') + f" (kernel {platform.release()})"
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "ram": mem, "cpu": cpu, "os": osname}
+
+
+def cmd_version(cmd: list[str]) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        text = (r.stdout or r.stderr).strip()
+        if r.returncode != 0:
+            return f"? (`{shlex.join(cmd[1:])}` exited {r.returncode})"
+        return text.splitlines()[0] if text else f"? (`{shlex.join(cmd[1:])}` printed nothing)"
+    except Exception as e:  # noqa: BLE001
+        return f"? ({type(e).__name__})"
+
+
+def versions(optc: str) -> dict:
+    v = {"python": platform.python_version()}
+    for pkg in ("onnx", "onnxruntime", "onnxsim", "onnxslim", "onnxoptimizer", "numpy", "psutil", "protobuf"):
+        try:
+            v[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            v[pkg] = "not installed"
+    if os.path.exists(optc):
+        built = dt.datetime.fromtimestamp(os.path.getmtime(optc), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        v["optc"] = f"{cmd_version([optc, '--version'])} (`{os.path.relpath(optc, ROOT) if optc.startswith(ROOT) else optc}`, built {built})"
+    else:
+        v["optc"] = "not built"
+    v["rustc"] = cmd_version(["rustc", "--version"])
+    v["cargo"] = cmd_version(["cargo", "--version"])
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", ".", ":!bench", ":!docs"],
+                               capture_output=True, text=True).stdout.strip()
+        v["git"] = (head or "no commit yet") + (" + uncommitted changes" if dirty else "")
+    except Exception:  # noqa: BLE001
+        v["git"] = "?"
+    return v
+
+
+# --------------------------------------------------------------------------- benchmark A: round trip
+
+def bench_roundtrip(a, optc: str, optc_err: str | None) -> dict:
+    res: dict = {"name": "roundtrip"}
+    big = os.path.join(a.out_dir, "big")
+    model = os.path.join(big, "model.onnx")
+    stamp = os.path.join(big, "stamp.json")
+    want = {"seed": a.seed, "target_gb": a.target_gb, "generator_mtime": os.path.getmtime(
+        os.path.join(HERE, "gen_big_transformer.py"))}
+    have = None
+    if os.path.exists(stamp) and os.path.exists(model):
+        try:
+            have = json.load(open(stamp))
+        except (OSError, json.JSONDecodeError):
+            have = None
+    if have and all(have.get(k) == v for k, v in want.items()):
+        log(f"big model: reusing {big} (generated {have.get('generated_at')})")
+        res["gen"] = have
+        res["gen"]["reused"] = True
+    else:
+        rm(big)
+        cmd = [PY, os.path.join(HERE, "gen_big_transformer.py"), "--out", big, "--seed", str(a.seed),
+               "--target-gb", str(a.target_gb)]
+        log("big model: generating: " + " ".join(cmd))
+        m = measure(cmd, 3600)
+        if not m["ok"]:
+            res["error"] = "generator failed: " + fail_reason(m)
+            log(res["error"])
+            return res
+        info = {ln.split(": ", 1)[0]: ln.split(": ", 1)[1] for ln in m["stdout"].splitlines() if ": " in ln}
+        gen = dict(want, generated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   wall_s=m["wall_s"], maxrss_kb=m["maxrss_kb"], cmd=shcmd(cmd), info=info)
+        vcmd = [PY, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import gen_big_transformer as g; "
+                "g.verify(sys.argv[2])", HERE, model]
+        log("big model: verifying (onnx.checker by path + onnxruntime batch 1, seq 8)")
+        v = measure(vcmd, 1800)
+        gen["verify"] = {"ok": v["ok"], "wall_s": v["wall_s"], "maxrss_kb": v["maxrss_kb"],
+                         "out": (v["stdout"].strip() if v["ok"] else fail_reason(v))}
+        json.dump(gen, open(stamp, "w"), indent=1)
+        res["gen"] = gen
+        res["gen"]["reused"] = False
+        log(f"big model: generated in {m['wall_s']:.1f}s, verify ok={v['ok']}")
+    data = os.path.join(big, "model.onnx.data")
+    size = os.path.getsize(model) + os.path.getsize(data)
+    res.update(model=model, proto_bytes=os.path.getsize(model), data_bytes=os.path.getsize(data),
+               model_bytes=size)
+
+    cmds = {
+        "optc": [optc, "opt", model, "-p", "", "-o", os.path.join(a.out_dir, "rt-optc", "model.onnx")],
+        "python": [PY, os.path.join(HERE, "peer.py"), "onnx-roundtrip", model,
+                   os.path.join(a.out_dir, "rt-python", "model.onnx")],
+    }
+    runs: dict = {k: [] for k in cmds}
+    for rep in range(a.big_reps):
+        for tool, cmd in cmds.items():
+            outdir = os.path.dirname(cmd[-1])
+            rm(outdir)
+            os.makedirs(outdir, exist_ok=True)
+            if tool == "optc" and optc_err:
+                runs[tool].append({"ok": False, "reason": optc_err})
+                continue
+            sync()
+            log(f"roundtrip rep {rep + 1}/{a.big_reps}: {tool}")
+            m = measure(cmd, a.timeout_big)
+            r = {"ok": m["ok"], "wall_s": m["wall_s"], "maxrss_kb": m["maxrss_kb"], "cpu_s": m["cpu_s"]}
+            if not m["ok"]:
+                r["reason"] = fail_reason(m)
+                log(f"  failed: {r['reason']}")
+            else:
+                log(f"  {m['wall_s']:.2f}s, {m['maxrss_kb'] / 1024:.0f} MiB")
+                if tool == "python":
+                    r["inproc"] = last_json(m["stdout"])
+            runs[tool].append(r)
+    res["cmds"] = {k: shcmd(v) for k, v in cmds.items()}
+    res["runs"] = runs
+    # identity checks of the last outputs against the input (streaming, separate process)
+    res["compare"] = {}
+    for tool, cmd in cmds.items():
+        out = cmd[-1]
+        if not (runs[tool] and runs[tool][-1].get("ok") and os.path.exists(out)):
+            continue
+        log(f"roundtrip: comparing {tool} output with the input")
+        c = measure([PY, os.path.join(HERE, "compare_models.py"), model, out], 1800)
+        cj = last_json(c["stdout"]) or {"identical": False, "error": fail_reason(c)}
+        cj["check_wall_s"] = c["wall_s"]
+        cj["check_maxrss_kb"] = c["maxrss_kb"]
+        res["compare"][tool] = cj
+        log(f"  identical={cj.get('identical')}")
+    if not a.keep_outputs:
+        for cmd in cmds.values():
+            rm(os.path.dirname(cmd[-1]))
+    return res
+
+
+# --------------------------------------------------------------------------- benchmark B: optimise
+
+def find_models(models_dir: str, only: set[str]) -> list[tuple[str, str | None]]:
+    have = {}
+    if os.path.isdir(models_dir):
+        for f in sorted(os.listdir(models_dir)):
+            if f.endswith(".onnx"):
+                have[f[:-5]] = os.path.join(models_dir, f)
+    order = PRIMARY_MODELS + [s for s in EXTRA_ORDER if s in have] + sorted(
+        s for s in have if s not in PRIMARY_MODELS and s not in EXTRA_ORDER)
+    out = [(s, have.get(s)) for s in order]
+    model_filter = {o for o in only if o not in SECTIONS}
+    if model_filter:
+        out = [x for x in out if x[0] in model_filter]
+    return out
+
+
+def bench_optimise(a, optc: str, optc_err: str | None, only: set[str]) -> dict:
+    res: dict = {"name": "optimise", "models": []}
+    for stem, path in find_models(a.models_dir, only):
+        mres: dict = {"model": stem, "path": path, "tools": {}}
+        res["models"].append(mres)
+        if path is None:
+            mres["error"] = "not in the model cache (run scripts/fetch_models.py)"
+            log(f"optimise: {stem}: missing from {a.models_dir}")
+            continue
+        mres["bytes"] = os.path.getsize(path)
+        mres["nodes"] = node_count(path)
+        odir = os.path.join(a.out_dir, "opt", stem)
+        rm(odir)
+        os.makedirs(odir, exist_ok=True)
+        cmds = {"optc": [optc, "opt", path, "-p", OPTC_PIPELINE, "-o", os.path.join(odir, "optc.onnx")]}
+        for t in PEERS:
+            cmds[t] = [PY, os.path.join(HERE, "peer.py"), t, path, os.path.join(odir, f"{t}.onnx")]
+        runs: dict = {t: [] for t in cmds}
+        for rep in range(a.reps):
+            for tool, cmd in cmds.items():
+                if tool == "optc" and optc_err:
+                    if rep == 0:
+                        runs[tool].append({"ok": False, "reason": optc_err})
+                    continue
+                if runs[tool] and not runs[tool][-1]["ok"]:
+                    continue  # failed once: don't retry it
+                rm(cmd[-1])
+                m = measure(cmd, a.timeout)
+                r = {"ok": m["ok"] and os.path.exists(cmd[-1]), "wall_s": m["wall_s"], "maxrss_kb": m["maxrss_kb"],
+                     "cpu_s": m["cpu_s"]}
+                if not m["ok"]:
+                    r["reason"] = fail_reason(m)
+                elif not os.path.exists(cmd[-1]):
+                    r["reason"] = "exit 0 but no output file"
+                if tool != "optc" and m["ok"]:
+                    r["inproc"] = last_json(m["stdout"])
+                runs[tool].append(r)
+            log(f"optimise: {stem}: rep {rep + 1}/{a.reps} done")
+        for tool, cmd in cmds.items():
+            rs = runs[tool]
+            ok = bool(rs) and all(r["ok"] for r in rs)
+            t = {"cmd": shcmd(cmd), "ok": ok, "reps": len(rs)}
+            if ok:
+                t["wall_s"] = med([r["wall_s"] for r in rs])
+                t["wall_all"] = [round(r["wall_s"], 4) for r in rs]
+                t["maxrss_kb"] = med([r["maxrss_kb"] for r in rs])
+                t["cpu_s"] = med([r.get("cpu_s") for r in rs])
+                t["nodes"] = node_count(cmd[-1])
+                t["bytes"] = os.path.getsize(cmd[-1])
+                ip = [r.get("inproc") for r in rs if r.get("inproc")]
+                if ip:
+                    t["inproc"] = {k: med([x.get(k) for x in ip]) for k in
+                                   ("import_s", "load_s", "opt_s", "save_s", "work_s")}
+            else:
+                t["reason"] = next((r.get("reason") for r in rs if not r["ok"]), "did not run")
+            mres["tools"][tool] = t
+        # do the outputs still compute the same thing?
+        outs = [f"{t}={cmds[t][-1]}" for t in cmds if mres["tools"][t]["ok"]]
+        if outs:
+            v = measure([PY, os.path.join(HERE, "verify_outputs.py"), path] + outs, a.timeout)
+            vj = last_json(v["stdout"]) or {}
+            for t in cmds:
+                if t in vj:
+                    mres["tools"][t]["check"] = vj[t]
+            if not vj:
+                mres["verify_error"] = fail_reason(v)
+        summary = ", ".join(f"{t}={mres['tools'][t].get('wall_s', 0):.2f}s" if mres["tools"][t]["ok"]
+                            else f"{t}=FAILED" for t in cmds)
+        log(f"optimise: {stem}: {summary}")
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+def fs(x, nd=2):
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def mib(kb):
+    return "–" if kb is None else f"{kb / 1024:.0f}"
+
+
+def ratio(x, y, nd=2):
+    if x is None or y is None or y == 0:
+        return "–"
+    v = x / y
+    if v >= 10:
+        return f"{v:.1f}×"
+    return f"{v:.{nd}f}×" if v >= 0.1 or v == 0 else f"{v:.2g}×"
+
+
+def shcmd(cmd: list[str]) -> str:
+    """The command as a shell line, with paths under the repository made relative."""
+    return shlex.join(os.path.relpath(c, ROOT) if c.startswith(ROOT + os.sep) else c for c in cmd)
+
+
+def esc(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def report(a, meta: dict, rt: dict | None, op: dict | None) -> str:
+    L: list[str] = []
+    w = L.append
+    w("# optc benchmarks")
+    w("")
+    w(f"Generated by `bench/run{(' ' + ' '.join(a.run_args)) if a.run_args else ''}` on "
+      f"{meta['date']} (UTC); the whole run took {meta['total_s']:.0f} s.")
+    if meta["partial"]:
+        w("")
+        w(f"**Partial run** ({meta['partial']}); sections that were not run are omitted.")
+    w("")
+    w("## Machine and tools")
+    w("")
+    mi = meta["machine"]
+    w(f"- Machine: {mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM, {mi['os']}")
+    v = meta["versions"]
+    w(f"- optc: {v['optc']} (git {v['git']}; {v['rustc']}; `cargo build --release`: {meta['build']})")
+    la = meta.get("loadavg")
+    if la:
+        w(f"- Load average (1 min) at start / end of the run: {la[0]:.2f} / {la[1]:.2f} "
+          f"(anything above ~0.1 means something else was running, e.g. a concurrent build)")
+    w(f"- Python {v['python']}: onnx {v['onnx']}, onnxruntime {v['onnxruntime']}, onnxsim {v['onnxsim']}, "
+      f"onnxslim {v['onnxslim']}, onnxoptimizer {v['onnxoptimizer']}, numpy {v['numpy']}, "
+      f"protobuf {v['protobuf']}")
+    w("")
+    w("## Method")
+    w("")
+    w("- Every tool run is a separate process started by `bench/bench.py`. **Wall** is the time from "
+      "spawning the process to reaping it (interpreter start-up and imports included for the Python tools). "
+      f"**Peak RSS** is that process's peak resident set: {meta['rss_method']}. **CPU** is its user + sys time "
+      "(`wait4(2)` rusage, µs resolution; it includes ~3 ms for GNU time itself), which shifts less than wall "
+      "time when something else loads the machine.")
+    w("- Python tools run through `bench/peer.py TOOL IN OUT`, which also prints its own in-process timings: "
+      "*work* = load + optimise + save, *opt* = the optimisation call alone (for onnxruntime, "
+      "`InferenceSession(...)` with `optimized_model_filepath` set, which loads, optimises and writes in one call).")
+    w(f"- Small models: each tool is run {a.reps}× (repetitions interleaved across tools) and the median is "
+      f"reported. The big model round trip is run {a.big_reps}× per tool; `sync` is called before every big run, "
+      "and outputs go to the page cache (no fsync) for every tool alike; the input is warm in the page cache.")
+    w("- Node counts are top-level `graph.node` counts. *Outputs match* runs the original and each output in "
+      "onnxruntime (CPU, graph optimisations disabled) on the same seeded random inputs "
+      "(`bench/verify_outputs.py`; allclose rtol 1e-3, atol 1e-4).")
+    w("")
+
+    if rt is not None:
+        w("## A. Round trip of a 2.3 GB model with external data")
+        w("")
+        if rt.get("error") and "gen" not in rt:
+            w(f"**Failed:** {esc(rt['error'])}")
+        gen = rt.get("gen")
+        if gen:
+            info = gen.get("info", {})
+            w(f"Model: `bench/gen_big_transformer.py --seed {gen['seed']} --target-gb {gen['target_gb']}` "
+              f"({info.get('layers', '?')} layers, {info.get('nodes', '?')} nodes, {info.get('initializers', '?')} "
+              f"initializers). Generation: {fs(gen.get('wall_s'), 1)} s wall, {mib(gen.get('maxrss_kb'))} MiB peak RSS"
+              f"{' (reused from an earlier run)' if gen.get('reused') else ''}; check "
+              f"(onnx.checker by path + onnxruntime, batch 1, seq 8): "
+              f"{'ok' if gen.get('verify', {}).get('ok') else 'FAILED'} in {fs(gen.get('verify', {}).get('wall_s'), 1)} s.")
+            w("")
+        if "model_bytes" in rt:
+            w(f"Size: {rt['proto_bytes']:,} B proto + {rt['data_bytes']:,} B data = "
+              f"{rt['model_bytes'] / 1e9:.3f} GB ({rt['model_bytes'] / 2**30:.3f} GiB).")
+            w("")
+            w("Commands:")
+            w("")
+            w("```")
+            w(f"optc:   {rt['cmds']['optc']}")
+            w(f"python: {rt['cmds']['python']}")
+            w("        # = onnx.load(path); onnx.save(m, out, save_as_external_data=True, location='model.onnx.data')")
+            w("```")
+            w("")
+            w("| tool | status | wall s | CPU s | peak RSS MiB | peak RSS / model size | in-process load + save s | "
+              "output identical to input |")
+            w("|---|---|---:|---:|---:|---:|---:|---|")
+            summ = {}
+            for tool in ("optc", "python"):
+                rs = rt["runs"].get(tool, [])
+                ok = bool(rs) and all(r["ok"] for r in rs)
+                wall = med([r.get("wall_s") for r in rs]) if ok else None
+                rss = med([r.get("maxrss_kb") for r in rs]) if ok else None
+                cpu = med([r.get("cpu_s") for r in rs]) if ok else None
+                summ[tool] = (wall, rss)
+                ip = med([(r.get("inproc") or {}).get("work_s") for r in rs]) if ok else None
+                c = rt["compare"].get(tool)
+                if c is None:
+                    ident = "–"
+                elif c.get("identical"):
+                    extra = []
+                    if c.get("model_fields_different"):
+                        extra.append("model fields differ: " + ", ".join(c["model_fields_different"]))
+                    extra.append("data file byte-identical" if c.get("data_file_identical")
+                                 else "data file bytes differ (layout)")
+                    ident = "yes: weights and graph equal (" + "; ".join(extra) + ")"
+                else:
+                    why = c.get("error") or (
+                        f"{c.get('n_tensors_different', '?')} tensors differ, {c.get('n_tensors_missing', '?')} "
+                        f"missing; graph equal: {c.get('graph_equal')}; "
+                        + "; ".join(c.get("graph_differences", [])))
+                    ident = "**NO**: " + why
+                status = "ok" if ok else "**failed**: " + esc(next((r.get("reason") for r in rs if not r["ok"]),
+                                                                  "did not run"))
+                label = "optc" if tool == "optc" else "python onnx"
+                w(f"| {label} | {status} | {fs(wall)} | {fs(cpu)} | {mib(rss)} | "
+                  f"{ratio(rss * 1024 if rss else None, rt['model_bytes'])} | {fs(ip)} | {esc(ident)} |")
+            w("")
+            (ow, orss), (pw, prss) = summ["optc"], summ["python"]
+            w(f"Ratios: optc / python wall = **{ratio(ow, pw)}**; optc / python peak RSS = **{ratio(orss, prss)}**; "
+              f"optc peak RSS / model size = **{ratio(orss * 1024 if orss else None, rt['model_bytes'])}**.")
+            w("")
+            cc = [c for c in rt["compare"].values() if c.get("check_wall_s")]
+            if cc:
+                w(f"(The identity check, `bench/compare_models.py IN OUT`, streams tensor by tensor: "
+                  f"{', '.join(fs(c['check_wall_s'], 1) + ' s / ' + mib(c.get('check_maxrss_kb')) + ' MiB' for c in cc)}.)")
+                w("")
+
+    if op is not None:
+        w("## B. Optimise: small models")
+        w("")
+        w("Commands (`$M` = the model, `$O` = the output file):")
+        w("")
+        w("```")
+        w(f"optc opt $M -p {OPTC_PIPELINE} -o $O")
+        for t in PEERS:
+            w(f"bench/.venv/bin/python bench/peer.py {t} $M $O")
+        w("```")
+        w("")
+        w("Note: optc runs only the three cleanup passes named above, while the peers run their whole "
+          "default pipelines (constant folding, Conv+BN and other fusions, ORT's own contrib ops at EXTENDED), "
+          "so the node counts compare different amounts of work; the times compare what each tool does by "
+          "default against optc's cleanup pipeline.")
+        w("")
+        w("peer.py does: `ort-*`: `SessionOptions.graph_optimization_level = ORT_ENABLE_BASIC|EXTENDED`, "
+          "`optimized_model_filepath = $O`, `InferenceSession($M, so, providers=['CPUExecutionProvider'])`; "
+          "`onnxsim`: `onnxsim.simplify(onnx.load($M))`; `onnxslim`: `onnxslim.slim(onnx.load($M))`; "
+          "`onnxoptimizer`: `onnxoptimizer.optimize(onnx.load($M))` (default passes); then `onnx.save(m, $O)`.")
+        w("")
+        models = op["models"]
+        ran = [m for m in models if m.get("tools")]
+        missing = [m for m in models if not m.get("tools")]
+        if missing:
+            w("Not run: " + "; ".join(f"{m['model']} ({m.get('error', '?')})" for m in missing))
+            w("")
+        if ran:
+            hdr = "| model | " + " | ".join(TOOL_LABEL[t] for t in TOOLS) + " |"
+            sep = "|---|" + "---:|" * len(TOOLS)
+
+            def matrix(title: str, note: str, cell, first_col=None):
+                w(f"### {title}")
+                w("")
+                if note:
+                    w(note)
+                    w("")
+                if first_col:
+                    w("| model | " + first_col[0] + " | " + " | ".join(TOOL_LABEL[t] for t in TOOLS) + " |")
+                    w("|---|---:|" + "---:|" * len(TOOLS))
+                else:
+                    w(hdr)
+                    w(sep)
+                for m in ran:
+                    cells = []
+                    for t in TOOLS:
+                        tt = m["tools"].get(t)
+                        cells.append("–" if tt is None else ("failed" if not tt["ok"] else cell(m, t, tt)))
+                    fc = f" {first_col[1](m)} |" if first_col else ""
+                    w(f"| {m['model']} |{fc} " + " | ".join(cells) + " |")
+                w("")
+
+            def optc_of(m, key):
+                o = m["tools"].get("optc")
+                return o.get(key) if o and o["ok"] else None
+
+            matrix("Process wall time, s (median; ratio = tool / optc)", "",
+                   lambda m, t, tt: f"{fs(tt['wall_s'], 3)}" + (
+                       "" if t == "optc" else f" ({ratio(tt['wall_s'], optc_of(m, 'wall_s'))})"))
+            matrix("CPU time (user + sys), s (median; ratio = tool / optc)",
+                   "Less sensitive than wall time to other load on the machine; onnxruntime runs threads, so its "
+                   "CPU time can exceed its wall time.",
+                   lambda m, t, tt: f"{fs(tt.get('cpu_s'), 3)}" + (
+                       "" if t == "optc" else f" ({ratio(tt.get('cpu_s'), optc_of(m, 'cpu_s'))})"))
+            matrix("Peak RSS, MiB (ratio = tool / optc)", "",
+                   lambda m, t, tt: mib(tt["maxrss_kb"]) + (
+                       "" if t == "optc" else f" ({ratio(tt['maxrss_kb'], optc_of(m, 'maxrss_kb'))})"))
+            matrix("Top-level nodes after (ratio = after / original)", "",
+                   lambda m, t, tt: f"{tt.get('nodes', '?')} ({ratio(tt.get('nodes'), m.get('nodes'))})",
+                   first_col=("original", lambda m: str(m.get("nodes", "?"))))
+            w("### Python tools in-process, s (median): work = load + optimise + save / opt = optimisation call only")
+            w("")
+            w("These exclude interpreter start-up and imports; compare with optc's process wall (first column), "
+              "which includes everything. The ratio is work / optc process wall. Import times are in "
+              "`bench/out/results.json`.")
+            w("")
+            w("| model | optc process wall | " + " | ".join(TOOL_LABEL[t] for t in PEERS) + " |")
+            w("|---|---:|" + "---:|" * len(PEERS))
+            for m in ran:
+                cells = []
+                for t in PEERS:
+                    tt = m["tools"].get(t)
+                    if not tt or not tt["ok"] or "inproc" not in tt:
+                        cells.append("failed" if tt and not tt["ok"] else "–")
+                    else:
+                        ip = tt["inproc"]
+                        cells.append(f"{fs(ip['work_s'], 3)} / {fs(ip['opt_s'], 3)} "
+                                     f"({ratio(ip['work_s'], optc_of(m, 'wall_s'))})")
+                w(f"| {m['model']} | {fs(optc_of(m, 'wall_s'), 3)} | " + " | ".join(cells) + " |")
+            w("")
+
+            def chk(m, t, tt):
+                c = tt.get("check")
+                if not c:
+                    return "–"
+                if c.get("ok") is None:
+                    return "n/a"
+                if c.get("ok"):
+                    return f"yes ({c['max_abs_diff']:.1e})"
+                return "**no**" + (f" ({c['max_abs_diff']:.1e})" if c.get("max_abs_diff") is not None else "")
+
+            matrix("Outputs match the original (max abs diff)",
+                   "onnxruntime, optimisations off, seeded random inputs; *no* means some output differs by more "
+                   "than allclose(rtol=1e-3, atol=1e-4): a numeric drift (e.g. from fusions or re-associated "
+                   "arithmetic) or a miscompile — look at the size of the difference.", chk)
+            fails = [(m["model"], t, m["tools"][t].get("reason", "")) for m in ran for t in TOOLS
+                     if t in m["tools"] and not m["tools"][t]["ok"]]
+            errs = [(m["model"], t, m["tools"][t]["check"].get("error")) for m in ran for t in TOOLS
+                    if t in m["tools"] and m["tools"][t].get("check", {}).get("error")]
+            if fails or errs:
+                w("### Failures")
+                w("")
+                for mm, t, r in fails:
+                    w(f"- {mm} / {TOOL_LABEL[t]}: {esc(r)}")
+                for mm, t, r in errs:
+                    w(f"- {mm} / {TOOL_LABEL[t]} (output check): {esc(r)}")
+                w("")
+    w("## Bench timings")
+    w("")
+    for k, s in meta["section_s"].items():
+        w(f"- {k}: {s:.0f} s")
+    w("")
+    w("Raw figures: `bench/out/results.json` (not committed).")
+    return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+SECTIONS = {"roundtrip", "big", "optimise", "optimize", "small"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--optc", default=os.environ.get("OPTC_BIN", os.path.join(ROOT, "target/release/optc")))
+    ap.add_argument("--optc-error", default=None, help="mark every optc row failed with this reason")
+    ap.add_argument("--build", default="not run", help="build status, for the report")
+    ap.add_argument("--models-dir", default=os.environ.get("OPTC_MODELS",
+                                                           os.path.expanduser("~/.cache/optc/models")))
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "out"))
+    ap.add_argument("--report", default=os.path.join(ROOT, "docs", "BENCH.md"))
+    ap.add_argument("--quick", action="store_true", help="skip the 2.3 GB round trip")
+    ap.add_argument("--only", action="append", default=[],
+                    help="roundtrip | optimise | a model file stem (repeatable, or comma separated)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--big-reps", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-gb", type=float, default=2.3)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--timeout-big", type=float, default=1800)
+    ap.add_argument("--keep-outputs", action="store_true", help="keep the round-trip outputs in OUT_DIR")
+    ap.add_argument("--run-args", nargs=argparse.REMAINDER, default=[],
+                    help="(internal) the bench/run arguments, for the report")
+    a = ap.parse_args()
+    only = {x.strip() for o in a.only for x in o.split(",") if x.strip()}
+    os.makedirs(a.out_dir, exist_ok=True)
+    optc = os.path.abspath(a.optc)
+    optc_err = a.optc_error
+    if not optc_err and not os.path.exists(optc):
+        optc_err = f"optc binary not found at {os.path.relpath(optc, ROOT)}"
+
+    want_rt = not a.quick and (not only or bool(only & {"roundtrip", "big"}))
+    want_op = not only or bool(only & {"optimise", "optimize", "small"}) or bool(only - SECTIONS)
+    partial = []
+    if a.quick:
+        partial.append("--quick: big model round trip skipped")
+    if only:
+        partial.append("--only " + ",".join(sorted(only)))
+    t_all = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
+            "versions": versions(optc), "build": a.build, "partial": "; ".join(partial), "section_s": {}}
+    meta["rss_method"] = ("`/usr/bin/time -f %M` (the child's `ru_maxrss` from `wait4(2)`)"
+                          if os.access(GNU_TIME, os.X_OK) else
+                          "the child's `VmHWM` from /proc, polled every 2 ms (/usr/bin/time was not installed)")
+    rt = op = None
+    if want_rt:
+        t = time.perf_counter()
+        try:
+            rt = bench_roundtrip(a, optc, optc_err)
+        except Exception as e:  # noqa: BLE001 - report, don't crash
+            rt = {"error": f"{type(e).__name__}: {e}"}
+            log(f"roundtrip crashed: {rt['error']}")
+        meta["section_s"]["A. round trip (incl. generation if needed, identity checks)"] = time.perf_counter() - t
+    if want_op:
+        t = time.perf_counter()
+        try:
+            op = bench_optimise(a, optc, optc_err, only)
+        except Exception as e:  # noqa: BLE001
+            op = {"error": f"{type(e).__name__}: {e}", "models": []}
+            log(f"optimise crashed: {op['error']}")
+        meta["section_s"]["B. optimise (all runs, node counts, output checks)"] = time.perf_counter() - t
+    meta["total_s"] = time.perf_counter() - t_all
+    meta["loadavg"] = [load0, os.getloadavg()[0]]
+    json.dump({"meta": meta, "roundtrip": rt, "optimise": op}, open(os.path.join(a.out_dir, "results.json"), "w"),
+              indent=1, default=str)
+    os.makedirs(os.path.dirname(a.report), exist_ok=True)
+    with open(a.report, "w") as f:
+        f.write(report(a, meta, rt, op))
+    log(f"wrote {os.path.relpath(a.report, ROOT)} and {os.path.relpath(os.path.join(a.out_dir, 'results.json'), ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
