@@ -35,6 +35,12 @@ pub struct RunArgs {
     /// Write every output to DIR/<name>.npy.
     #[arg(short = 'o', long = "output-dir")]
     output: Option<PathBuf>,
+    /// Run N times and report the fastest and the median run (timing; outputs are the last run's).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: usize,
+    /// Worker threads for the kernels (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -130,13 +136,27 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.model)?;
     let inputs = gather_inputs(model.ir(), &a.inputs)?;
     let ev = Evaluator::new(model.ir())?;
-    let start = std::time::Instant::now();
-    let outs = ev.run(&inputs)?;
-    let took = start.elapsed();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.unwrap_or(0))
+        .build()
+        .context("starting the kernel thread pool")?;
+    let mut times = Vec::new();
+    let mut outs = Vec::new();
+    for _ in 0..a.repeat.max(1) {
+        let start = std::time::Instant::now();
+        outs = pool.install(|| ev.run(&inputs))?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
     for (name, v) in &outs {
         println!("{name}: {}", describe(v));
     }
-    println!("ran in {:.2} ms", took.as_secs_f64() * 1e3);
+    if times.len() == 1 {
+        println!("ran in {:.2} ms", times[0]);
+    } else {
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!("ran {} times: fastest {:.2} ms, median {:.2} ms", sorted.len(), sorted[0], sorted[sorted.len() / 2]);
+    }
     if let Some(dir) = &a.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, v) in &outs {

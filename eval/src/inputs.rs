@@ -31,10 +31,12 @@ impl Rng {
 
 /// The concrete shape of graph input `name`, with symbolic dims taken from `dims`.
 pub fn input_shape(g: &Graph, name: &str, dims: &HashMap<String, i64>) -> Result<(DType, Vec<usize>)> {
-    let v = g.find_value(name).ok_or_else(|| EvalError::Input { name: name.into(), message: "no such input".into() })?;
+    let v =
+        g.find_value(name).ok_or_else(|| EvalError::Input { name: name.into(), message: "no such input".into() })?;
     let err = |m: String| EvalError::Input { name: name.into(), message: m };
     let ty = g.value(v).ty.as_ref().ok_or_else(|| err("the input has no declared type".into()))?;
-    let dtype = ty.elem().ok_or_else(|| err(format!("the input's type {ty} is not a tensor of a known element type")))?;
+    let dtype =
+        ty.elem().ok_or_else(|| err(format!("the input's type {ty} is not a tensor of a known element type")))?;
     let shape = ty.shape().ok_or_else(|| err("the input's rank is unknown; give the input as a .npy file".into()))?;
     let mut out = Vec::with_capacity(shape.len());
     for (i, d) in shape.iter().enumerate() {
@@ -55,7 +57,12 @@ pub fn input_shape(g: &Graph, name: &str, dims: &HashMap<String, i64>) -> Result
 
 /// Seeded random inputs for every graph input without an initializer: floats standard normal,
 /// integers uniform in `[0, int_high)`, booleans fair coins.
-pub fn random_inputs(g: &Graph, dims: &HashMap<String, i64>, seed: u64, int_high: i64) -> Result<HashMap<String, Value>> {
+pub fn random_inputs(
+    g: &Graph,
+    dims: &HashMap<String, i64>,
+    seed: u64,
+    int_high: i64,
+) -> Result<HashMap<String, Value>> {
     let mut rng = Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B);
     let mut out = HashMap::new();
     for d in &g.inputs {
@@ -69,7 +76,9 @@ pub fn random_inputs(g: &Graph, dims: &HashMap<String, i64>, seed: u64, int_high
         let bad = |e: ndarray::ShapeError| EvalError::Other(e.to_string());
         let hi = int_high.max(1) as u64;
         let t = match dtype {
-            DType::F32 => Tensor::F32(ArrayD::from_shape_vec(ix, (0..n).map(|_| rng.normal() as f32).collect()).map_err(bad)?),
+            DType::F32 => {
+                Tensor::F32(ArrayD::from_shape_vec(ix, (0..n).map(|_| rng.normal() as f32).collect()).map_err(bad)?)
+            }
             DType::F64 => Tensor::F64(ArrayD::from_shape_vec(ix, (0..n).map(|_| rng.normal()).collect()).map_err(bad)?),
             DType::F16 => Tensor::F16(
                 ArrayD::from_shape_vec(ix, (0..n).map(|_| f16::from_f64(rng.normal())).collect()).map_err(bad)?,
@@ -77,11 +86,21 @@ pub fn random_inputs(g: &Graph, dims: &HashMap<String, i64>, seed: u64, int_high
             DType::BF16 => Tensor::BF16(
                 ArrayD::from_shape_vec(ix, (0..n).map(|_| bf16::from_f64(rng.normal())).collect()).map_err(bad)?,
             ),
-            DType::I64 => Tensor::I64(ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi) as i64).collect()).map_err(bad)?),
-            DType::I32 => Tensor::I32(ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi) as i32).collect()).map_err(bad)?),
-            DType::U8 => Tensor::U8(ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi.min(256)) as u8).collect()).map_err(bad)?),
-            DType::I8 => Tensor::I8(ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi.min(128)) as i8).collect()).map_err(bad)?),
-            DType::Bool => Tensor::Bool(ArrayD::from_shape_vec(ix, (0..n).map(|_| rng.next() & 1 == 1).collect()).map_err(bad)?),
+            DType::I64 => Tensor::I64(
+                ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi) as i64).collect()).map_err(bad)?,
+            ),
+            DType::I32 => Tensor::I32(
+                ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi) as i32).collect()).map_err(bad)?,
+            ),
+            DType::U8 => Tensor::U8(
+                ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi.min(256)) as u8).collect()).map_err(bad)?,
+            ),
+            DType::I8 => Tensor::I8(
+                ArrayD::from_shape_vec(ix, (0..n).map(|_| (rng.next() % hi.min(128)) as i8).collect()).map_err(bad)?,
+            ),
+            DType::Bool => {
+                Tensor::Bool(ArrayD::from_shape_vec(ix, (0..n).map(|_| rng.next() & 1 == 1).collect()).map_err(bad)?)
+            }
             other => {
                 return Err(EvalError::Input {
                     name: val.name.clone(),
@@ -117,7 +136,9 @@ impl Diff {
         match (a.to_f64_vec(), b.to_f64_vec()) {
             (Some(x), Some(y)) => {
                 self.nan_mismatch == 0
-                    && x.iter().zip(&y).all(|(p, q)| (p.is_nan() && q.is_nan()) || p == q || (p - q).abs() <= atol + rtol * p.abs())
+                    && x.iter()
+                        .zip(&y)
+                        .all(|(p, q)| (p.is_nan() && q.is_nan()) || p == q || (p - q).abs() <= atol + rtol * p.abs())
             }
             _ => false,
         }
@@ -134,7 +155,14 @@ pub fn compare(a: &Tensor, b: &Tensor) -> std::result::Result<Diff, String> {
     }
     let identical = a == b || a.to_le_bytes() == b.to_le_bytes() && !matches!(a, Tensor::Str(_));
     let (Some(x), Some(y)) = (a.to_f64_vec(), b.to_f64_vec()) else {
-        return Ok(Diff { max_abs: 0.0, max_rel: 0.0, cosine: 1.0, argmax_agree: 1.0, nan_mismatch: 0, identical: a == b });
+        return Ok(Diff {
+            max_abs: 0.0,
+            max_rel: 0.0,
+            cosine: 1.0,
+            argmax_agree: 1.0,
+            nan_mismatch: 0,
+            identical: a == b,
+        });
     };
     let (mut max_abs, mut max_a, mut dot, mut na, mut nb, mut nan) = (0f64, 0f64, 0f64, 0f64, 0f64, 0usize);
     for (&p, &q) in x.iter().zip(&y) {
@@ -150,12 +178,20 @@ pub fn compare(a: &Tensor, b: &Tensor) -> std::result::Result<Diff, String> {
         na += p * p;
         nb += q * q;
     }
-    let cosine = if na == 0.0 && nb == 0.0 { 1.0 } else if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na.sqrt() * nb.sqrt()) };
+    let cosine = if na == 0.0 && nb == 0.0 {
+        1.0
+    } else if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    };
     let shape = a.shape();
     let last = shape.last().copied().unwrap_or(1).max(1);
     let rows = x.len() / last;
-    let argmax = |v: &[f64]| v.iter().enumerate().fold((0, f64::NEG_INFINITY), |m, (i, &e)| if e > m.1 { (i, e) } else { m }).0;
-    let agree = (0..rows).filter(|r| argmax(&x[r * last..(r + 1) * last]) == argmax(&y[r * last..(r + 1) * last])).count();
+    let argmax =
+        |v: &[f64]| v.iter().enumerate().fold((0, f64::NEG_INFINITY), |m, (i, &e)| if e > m.1 { (i, e) } else { m }).0;
+    let agree =
+        (0..rows).filter(|r| argmax(&x[r * last..(r + 1) * last]) == argmax(&y[r * last..(r + 1) * last])).count();
     Ok(Diff {
         max_abs,
         max_rel: if max_a > 0.0 { max_abs / max_a } else { max_abs },

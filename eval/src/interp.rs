@@ -89,8 +89,10 @@ pub(crate) fn run_graph(
     })?;
     // Remaining reads per value, so intermediate values are freed after their last use.
     let mut remaining: HashMap<ValueId, usize> = HashMap::new();
+    // Values a node's subgraphs read by name (captures) count as reads of that node too.
     for &n in &order {
-        for v in g.node(n).inputs().iter().flatten() {
+        let node = g.node(n);
+        for v in node.inputs().iter().flatten().chain(node.captures()) {
             *remaining.entry(*v).or_default() += 1;
         }
     }
@@ -109,7 +111,7 @@ pub(crate) fn run_graph(
                 env.insert(id, Arc::new(v));
             }
         }
-        for v in node.inputs().iter().flatten() {
+        for v in node.inputs().iter().flatten().chain(node.captures()) {
             if let Some(r) = remaining.get_mut(v) {
                 *r -= 1;
                 if *r == 0 && !keep.contains(v) && g.producer(*v).is_some() {
@@ -131,7 +133,7 @@ pub(crate) fn run_graph(
         .collect()
 }
 
-fn run_node(
+pub(crate) fn run_node(
     g: &Graph,
     n: NodeId,
     opset: i64,

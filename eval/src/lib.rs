@@ -8,12 +8,14 @@ mod error;
 pub mod inputs;
 mod interp;
 pub mod npy;
-pub mod stats;
 pub mod ops;
+pub mod stats;
+mod stepper;
 mod value;
 
 pub use error::{EvalError, Result};
 pub use interp::Observer;
+pub use stepper::Stepper;
 pub use value::{Tensor, Value};
 
 use optc_ir::{Init, Model, ValueId};
@@ -22,9 +24,9 @@ use std::sync::Arc;
 
 /// Runs one model repeatedly; converted initializers are kept between runs.
 pub struct Evaluator<'m> {
-    model: &'m Model,
-    opset: i64,
-    inits: HashMap<ValueId, Arc<Value>>,
+    pub(crate) model: &'m Model,
+    pub(crate) opset: i64,
+    pub(crate) inits: HashMap<ValueId, Arc<Value>>,
 }
 
 impl<'m> Evaluator<'m> {

@@ -49,8 +49,7 @@ pub fn to_npy(t: &Tensor) -> Result<Vec<u8>> {
         Tensor::BF16(a) => Tensor::F32(a.mapv(|x| x.to_f32())),
         other => other.clone(),
     };
-    let d = descr(t.dtype())
-        .ok_or_else(|| EvalError::Other(format!("cannot write {} tensors as .npy", t.dtype())))?;
+    let d = descr(t.dtype()).ok_or_else(|| EvalError::Other(format!("cannot write {} tensors as .npy", t.dtype())))?;
     let shape = t.shape();
     let shape_s = match shape.len() {
         1 => format!("({},)", shape[0]),

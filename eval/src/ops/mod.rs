@@ -11,6 +11,7 @@ use optc_ir::{AttrList, AttrValue, Graph, Node};
 
 pub mod control;
 pub mod elementwise;
+pub mod extra;
 pub mod linalg;
 pub mod misc;
 pub mod nn;
@@ -89,7 +90,7 @@ impl Ctx<'_> {
 
 /// Runs a node's kernel.
 pub fn dispatch(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
-    let families: [fn(&Ctx, &[Option<&Value>]) -> Option<Result<Vec<Value>>>; 9] = [
+    let families: [fn(&Ctx, &[Option<&Value>]) -> Option<Result<Vec<Value>>>; 10] = [
         elementwise::run,
         shape::run,
         reduce::run,
@@ -99,6 +100,7 @@ pub fn dispatch(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
         control::run,
         rnn::run,
         misc::run,
+        extra::run,
     ];
     for f in families {
         if let Some(r) = f(cx, inputs) {
