@@ -292,9 +292,23 @@ impl Graph {
     fn rename_outer(&mut self, old: &str, new: &str) {
         if let Some(id) = self.find_value(old) {
             if self.value(id).outer {
-                self.by_name.remove(old);
-                self.by_name.insert(new.to_string(), id);
-                self.value_mut(id).name = new.to_string();
+                match self.find_value(new) {
+                    // The subgraph already reads `new` from outside: merge the two reads.
+                    Some(existing) if existing != id && self.value(existing).outer => {
+                        self.replace_uses(id, existing);
+                        for d in self.outputs.iter_mut() {
+                            if d.value == id {
+                                d.value = existing;
+                            }
+                        }
+                        self.remove_value(id);
+                    }
+                    _ => {
+                        self.by_name.remove(old);
+                        self.by_name.insert(new.to_string(), id);
+                        self.value_mut(id).name = new.to_string();
+                    }
+                }
             }
         }
         let nodes: Vec<NodeId> = self.nodes().collect();

@@ -4,7 +4,7 @@
 //! a graph output, its input takes over the output's name (if nothing else needs that input's
 //! name); otherwise the node stays and `--explain` says why.
 
-use crate::util::{const_ints, forward_output};
+use crate::util::{can_forward_output, const_ints, forward_output};
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
 use optc_ir::infer::{self, Facts};
 use optc_ir::{AttrList, DimValue, Graph, Model, NodeId, Op, ValueId};
@@ -51,10 +51,16 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
                 continue;
             }
         }
+        let (op, name) = (g.node(n).op.clone(), g.node(n).display_name());
+        if !can_forward_output(g, n, src) {
+            cx.note(|| {
+                format!("kept {op} '{name}': it names a graph output and its input is itself an input, initializer or output")
+            });
+            continue;
+        }
         if !cx.rewrite() {
             break;
         }
-        let (op, name) = (g.node(n).op.clone(), g.node(n).display_name());
         if forward_output(g, n, src) {
             cx.note(|| format!("removed {op} '{name}'"));
             n_rewrites += 1;

@@ -58,6 +58,21 @@ pub fn elem_type(g: &Graph, v: ValueId) -> Option<DType> {
     g.value(v).ty.as_ref().and_then(|t| t.elem())
 }
 
+/// Whether [`forward_output`] would succeed for node `n` and replacement `src` (it fails only
+/// when `n` writes a graph output and `src` cannot take over its name). Passes check this
+/// before spending rewrite budget.
+pub fn can_forward_output(g: &Graph, n: NodeId, src: ValueId) -> bool {
+    let Some(out) = g.node(n).output(0) else { return false };
+    if !g.is_graph_output(out) {
+        return true;
+    }
+    g.producer(src).is_some()
+        && !g.is_graph_output(src)
+        && !g.is_graph_input(src)
+        && g.value(src).init.is_none()
+        && !g.value(src).outer
+}
+
 /// Removes node `n` whose only (used) output becomes `src`: uses are redirected to `src`. When
 /// the output is a graph output, `src` takes over its name if nothing else depends on `src`'s
 /// name. Returns false (and changes nothing) when the node must stay to name a graph output.
