@@ -1,43 +1,123 @@
-//! Targets and cost. A [`Target`] names the device a pipeline optimises for; passes read its
-//! capabilities through the pass context. The LIFE cost model (ops and bytes per node, roofline
-//! time per target) builds on this crate.
+//! Targets and the LIFE analytical cost model.
+//!
+//! A [`Target`] names the device a pipeline optimises for (passes read its capabilities through
+//! the pass context) and carries the figures LIFE needs: peak TOPS per precision, memory
+//! bandwidth, efficiency factors and a launch overhead. [`analyze`] turns a graph into per-node
+//! `ops` and `bytes`; [`report`] / [`estimate`] apply a target's roofline
+//! (`time = max(ops / (eff_c * TOPS[p]), bytes / (eff_m * BW)) + overhead`), with ops the device
+//! does not run natively costed on its fallback. [`llm_metrics`] forecasts TTFT, TPOT and TPS of
+//! a LLaMA-shaped decoder from an [`LlmConfig`]. `docs/TARGETS.md` documents the target fields.
 
-use thiserror::Error;
+mod analysis;
+mod llm;
+mod model;
+mod target;
 
-/// A device to optimise for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Target {
-    pub name: String,
-    /// Whether the device runs `com.microsoft` contrib ops (onnxruntime's CPU provider does).
-    pub contrib_ops: bool,
+pub use analysis::{Analysis, Flag, NodeCost, Traffic, analyze};
+pub use llm::{LlmConfig, LlmConfigError, LlmMetrics, LlmProj, llm_metrics};
+pub use model::{Bound, CostError, NodeRow, NodeTime, OpSummary, Report, Totals, estimate, report};
+pub use target::{Fallback, QuantPrefs, Target, TargetError, WeightFormat};
+
+use optc_ir::DType;
+use serde::{Deserialize, Serialize};
+
+/// The arithmetic precision an operator computes in: the row of a target's `tops` table used to
+/// cost it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F64,
+    F32,
+    F16,
+    BF16,
+    FP8,
+    Int32,
+    Int16,
+    Int8,
+    Int4,
+    Int2,
 }
 
-#[derive(Debug, Error)]
-pub enum TargetError {
-    #[error("unknown target '{name}'; built-in targets: {builtins}")]
-    Unknown { name: String, builtins: String },
-}
+impl Precision {
+    /// Every precision, widest float first.
+    pub const ALL: [Precision; 10] = [
+        Precision::F64,
+        Precision::F32,
+        Precision::F16,
+        Precision::BF16,
+        Precision::FP8,
+        Precision::Int32,
+        Precision::Int16,
+        Precision::Int8,
+        Precision::Int4,
+        Precision::Int2,
+    ];
 
-impl Target {
-    /// Names of the built-in targets.
-    pub const BUILTINS: &'static [&'static str] = &["cpu"];
-
-    /// The default target: a CPU running onnxruntime.
-    pub fn cpu() -> Target {
-        Target { name: "cpu".into(), contrib_ops: true }
+    /// The key used in target files (`f32`, `bf16`, `int8`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F64 => "f64",
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::BF16 => "bf16",
+            Precision::FP8 => "fp8",
+            Precision::Int32 => "int32",
+            Precision::Int16 => "int16",
+            Precision::Int8 => "int8",
+            Precision::Int4 => "int4",
+            Precision::Int2 => "int2",
+        }
     }
 
-    /// A built-in target by name.
-    pub fn builtin(name: &str) -> Result<Target, TargetError> {
-        match name {
-            "cpu" => Ok(Target::cpu()),
-            _ => Err(TargetError::Unknown { name: name.into(), builtins: Self::BUILTINS.join(", ") }),
+    /// The precision for a target-file key.
+    pub fn from_name(s: &str) -> Option<Precision> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// All keys, comma-separated, for error messages.
+    pub fn names() -> String {
+        Self::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The precision arithmetic on `dtype` elements runs in.
+    pub fn of_dtype(dtype: DType) -> Precision {
+        use DType::*;
+        match dtype {
+            F64 | C128 => Precision::F64,
+            F16 => Precision::F16,
+            BF16 => Precision::BF16,
+            F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ | F8E8M0 => Precision::FP8,
+            I8 | U8 => Precision::Int8,
+            I16 | U16 => Precision::Int16,
+            I4 | U4 | F4E2M1 => Precision::Int4,
+            I2 | U2 => Precision::Int2,
+            I32 | U32 | I64 | U64 | Bool | String => Precision::Int32,
+            F32 | C64 | Undefined => Precision::F32,
+        }
+    }
+
+    /// The `tops` keys tried, in order, when a target has no figure for this precision:
+    /// narrower integer types run on wider MAC arrays, bf16 and f16 stand in for each other, and
+    /// everything ends at `f32`.
+    pub fn lookup_chain(self) -> &'static [Precision] {
+        use Precision::*;
+        match self {
+            F64 => &[F64, F32],
+            F32 => &[F32],
+            F16 => &[F16, BF16, F32],
+            BF16 => &[BF16, F16, F32],
+            FP8 => &[FP8, F16, BF16, F32],
+            Int32 => &[Int32, F32],
+            Int16 => &[Int16, BF16, F16, F32],
+            Int8 => &[Int8, F16, BF16, F32],
+            Int4 => &[Int4, Int8, F16, BF16, F32],
+            Int2 => &[Int2, Int4, Int8, F16, BF16, F32],
         }
     }
 }
 
-impl Default for Target {
-    fn default() -> Self {
-        Target::cpu()
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }

@@ -40,6 +40,10 @@ pub struct PassContext {
     pub budget: Budget,
     /// Collect `--explain` lines.
     pub explain: bool,
+    /// Symbolic dim bindings for the cost model (`--dim seq=128`); unbound dims count as 1.
+    pub dims: std::collections::HashMap<String, i64>,
+    /// Predict the latency on `target` (LIFE) before and after each pass, for the report.
+    pub cost_each: bool,
     explanations: Vec<(String, String)>,
     current_pass: String,
 }
@@ -50,9 +54,17 @@ impl PassContext {
             target,
             budget: Budget::unlimited(),
             explain: false,
+            dims: Default::default(),
+            cost_each: false,
             explanations: Vec::new(),
             current_pass: String::new(),
         }
+    }
+
+    /// The LIFE-predicted latency of `model` on the context's target, in seconds.
+    pub fn predict(&self, model: &optc_ir::Model) -> f64 {
+        let opset = model.opset("").unwrap_or(1);
+        optc_cost::estimate(&model.graph, opset, &self.target, &self.dims).totals.time_s
     }
 
     /// Asks to apply one rewrite; false when the budget is spent.

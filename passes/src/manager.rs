@@ -26,6 +26,8 @@ pub struct PassRun {
     pub rewrites: usize,
     pub nodes_before: usize,
     pub nodes_after: usize,
+    /// LIFE-predicted latency before and after the pass, seconds (with `PassContext::cost_each`).
+    pub predicted: Option<(f64, f64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +78,17 @@ impl PassManager {
             let opts = PassOptions::resolve("fixpoint", &spec, &it.options)?;
             return Ok(Step::Fixpoint { steps: self.plan(&it.children)?, max_iter: opts.usize("max_iter")? });
         }
+        if self.registry.lookup(&it.name).is_err()
+            && let Some(src) = pipeline::preset(&it.name)
+        {
+            if !it.children.is_empty() || !it.options.is_empty() {
+                return Err(PassError::BadOption {
+                    pass: it.name.clone(),
+                    message: "a preset takes no options".into(),
+                });
+            }
+            return Ok(Step::Fixpoint { steps: self.plan(&pipeline::parse(src)?)?, max_iter: 1 });
+        }
         let pass = self.registry.lookup(&it.name)?;
         if !it.children.is_empty() {
             return Err(PassError::BadOption {
@@ -118,6 +131,11 @@ impl PassManager {
             match step {
                 Step::Pass { pass, opts, label } => {
                     let nodes_before = model.graph.node_count();
+                    let predicted_before = if cx.cost_each {
+                        Some(report.runs.last().and_then(|r| r.predicted).map_or_else(|| cx.predict(model), |p| p.1))
+                    } else {
+                        None
+                    };
                     cx.enter(pass.name());
                     let start = Instant::now();
                     let outcome = pass.run(model, cx, opts)?;
@@ -138,6 +156,7 @@ impl PassManager {
                         rewrites: outcome.rewrites,
                         nodes_before,
                         nodes_after: model.graph.node_count(),
+                        predicted: predicted_before.map(|b| (b, cx.predict(model))),
                     });
                 }
                 Step::Fixpoint { steps, max_iter } => {

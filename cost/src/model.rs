@@ -1,0 +1,256 @@
+//! The roofline: a node's time on a target from its ops and bytes, the per-node report and its
+//! aggregations.
+
+use crate::Precision;
+use crate::analysis::{Analysis, Flag, NodeCost, analyze};
+use crate::target::{Figures, Target};
+use optc_ir::Graph;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use thiserror::Error;
+
+/// Errors of the cost model's helpers.
+#[derive(Debug, Error)]
+pub enum CostError {
+    /// Bad fusion groups (empty, overlapping, out of range).
+    #[error("fusion: {0}")]
+    Fusion(String),
+}
+
+/// What limits a node's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bound {
+    /// `ops / (eff_c * TOPS)` is the larger term.
+    Compute,
+    /// `bytes / (eff_m * BW)` is the larger term.
+    Memory,
+    /// The launch overhead exceeds both (or the node does no work).
+    Overhead,
+}
+
+/// A node's time on a target.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct NodeTime {
+    /// `ops / (eff_compute * TOPS[precision])`, seconds.
+    pub compute_s: f64,
+    /// `bytes / (eff_memory * BW)`, seconds.
+    pub memory_s: f64,
+    /// Launch overhead, seconds.
+    pub overhead_s: f64,
+    /// `max(compute_s, memory_s) + overhead_s`.
+    pub time_s: f64,
+    /// The limiting term.
+    pub bound: Bound,
+    /// The node runs on the target's fallback device.
+    pub fallback: bool,
+}
+
+impl Target {
+    /// Whether `cost` runs on the device itself (op and precision native).
+    pub fn is_native(&self, cost: &NodeCost) -> bool {
+        cost.free
+            || (self.runs_op(&cost.op) && self.runs_precision(cost.precision))
+            || (cost.op.starts_with("Fused[") && self.runs_fused(cost))
+    }
+
+    fn runs_fused(&self, cost: &NodeCost) -> bool {
+        let inner = cost.op.trim_start_matches("Fused[").trim_end_matches(']');
+        self.runs_precision(cost.precision) && inner.split('+').all(|op| self.runs_op(op))
+    }
+
+    /// The roofline time of one node: `max(ops / (eff_c * TOPS[p]), bytes / (eff_m * BW))`
+    /// plus the launch overhead, on the fallback figures when the device does not run the op
+    /// or precision natively. Metadata-only nodes take no time.
+    pub fn node_time(&self, cost: &NodeCost) -> NodeTime {
+        if cost.free {
+            return NodeTime {
+                compute_s: 0.0,
+                memory_s: 0.0,
+                overhead_s: 0.0,
+                time_s: 0.0,
+                bound: Bound::Overhead,
+                fallback: false,
+            };
+        }
+        let native = self.is_native(cost);
+        let figs = match (&self.fallback, native) {
+            (Some(fb), false) => fb.figures(),
+            _ => self.figures(),
+        };
+        let mut t = roofline(&figs, cost.ops, cost.bytes(), cost.precision);
+        t.fallback = !native && self.fallback.is_some();
+        t
+    }
+
+    /// The roofline time of `ops` and `bytes` at precision `p` on the device (or on its
+    /// fallback when `native` is false), one launch included.
+    pub fn op_time(&self, ops: f64, bytes: f64, p: Precision, native: bool) -> NodeTime {
+        let figs = match (&self.fallback, native && self.runs_precision(p)) {
+            (Some(fb), false) => fb.figures(),
+            _ => self.figures(),
+        };
+        let mut t = roofline(&figs, ops, bytes, p);
+        t.fallback = !(native && self.runs_precision(p)) && self.fallback.is_some();
+        t
+    }
+}
+
+fn roofline(f: &Figures<'_>, ops: f64, bytes: f64, p: Precision) -> NodeTime {
+    let ops_rate = f.ops_per_s(p);
+    let compute_s = if ops <= 0.0 {
+        0.0
+    } else if ops_rate > 0.0 {
+        ops / ops_rate
+    } else {
+        f64::INFINITY
+    };
+    let memory_s = if bytes <= 0.0 { 0.0 } else { bytes / f.bytes_per_s() };
+    let overhead_s = f.launch_overhead_us * 1e-6;
+    let bound = if overhead_s >= compute_s.max(memory_s) {
+        Bound::Overhead
+    } else if compute_s >= memory_s {
+        Bound::Compute
+    } else {
+        Bound::Memory
+    };
+    NodeTime { compute_s, memory_s, overhead_s, time_s: compute_s.max(memory_s) + overhead_s, bound, fallback: false }
+}
+
+/// One node of a [`Report`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub op: String,
+    pub precision: Precision,
+    pub ops: f64,
+    pub bytes: f64,
+    pub weight_bytes: f64,
+    pub compute_s: f64,
+    pub memory_s: f64,
+    pub time_s: f64,
+    pub bound: Bound,
+    pub fallback: bool,
+    pub flags: Vec<Flag>,
+}
+
+/// Per-op-type totals of a [`Report`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpSummary {
+    pub op: String,
+    pub count: usize,
+    pub ops: f64,
+    pub bytes: f64,
+    pub time_s: f64,
+    /// Share of the total time, 0..1.
+    pub time_share: f64,
+    pub fallback_count: usize,
+}
+
+/// Whole-graph totals of a [`Report`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Totals {
+    /// Sum of node times (nodes run one after another), seconds.
+    pub time_s: f64,
+    pub ops: f64,
+    pub bytes: f64,
+    pub weight_bytes: f64,
+    /// Nodes costed (metadata-only ones included).
+    pub nodes: usize,
+    /// Nodes on the fallback device.
+    pub fallback_nodes: usize,
+    /// Time spent on the fallback device, seconds.
+    pub fallback_time_s: f64,
+    pub compute_bound: usize,
+    pub memory_bound: usize,
+    pub overhead_bound: usize,
+    /// Nodes with any approximation flag.
+    pub estimated_nodes: usize,
+}
+
+/// The cost of a graph on a target.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub target: String,
+    /// Every node, in execution order.
+    pub nodes: Vec<NodeRow>,
+    /// By op type, most time first.
+    pub by_op: Vec<OpSummary>,
+    pub totals: Totals,
+    /// Symbolic dims that had no binding and took the default size 1.
+    pub unbound_dims: Vec<String>,
+}
+
+/// Costs an [`Analysis`] (possibly fused with [`Analysis::fuse`]) on `target`.
+pub fn report(analysis: &Analysis, target: &Target) -> Report {
+    let mut totals = Totals::default();
+    let mut nodes = Vec::with_capacity(analysis.nodes.len());
+    let mut by_op: BTreeMap<&str, OpSummary> = BTreeMap::new();
+    for c in &analysis.nodes {
+        let t = target.node_time(c);
+        let bytes = c.bytes();
+        totals.time_s += t.time_s;
+        totals.ops += c.ops;
+        totals.bytes += bytes;
+        totals.weight_bytes += c.weight_bytes;
+        totals.nodes += 1;
+        if t.fallback {
+            totals.fallback_nodes += 1;
+            totals.fallback_time_s += t.time_s;
+        }
+        if !c.free {
+            match t.bound {
+                Bound::Compute => totals.compute_bound += 1,
+                Bound::Memory => totals.memory_bound += 1,
+                Bound::Overhead => totals.overhead_bound += 1,
+            }
+        }
+        if c.flags.iter().any(|f| {
+            matches!(
+                f,
+                Flag::UnboundDim | Flag::ShapeEstimated | Flag::OpaqueEstimate | Flag::ApproxOps | Flag::Subgraph
+            )
+        }) {
+            totals.estimated_nodes += 1;
+        }
+        let s = by_op.entry(c.op.as_str()).or_insert_with(|| OpSummary {
+            op: c.op.clone(),
+            count: 0,
+            ops: 0.0,
+            bytes: 0.0,
+            time_s: 0.0,
+            time_share: 0.0,
+            fallback_count: 0,
+        });
+        s.count += 1;
+        s.ops += c.ops;
+        s.bytes += bytes;
+        s.time_s += t.time_s;
+        s.fallback_count += usize::from(t.fallback);
+        nodes.push(NodeRow {
+            name: c.name.clone(),
+            op: c.op.clone(),
+            precision: c.precision,
+            ops: c.ops,
+            bytes,
+            weight_bytes: c.weight_bytes,
+            compute_s: t.compute_s,
+            memory_s: t.memory_s,
+            time_s: t.time_s,
+            bound: t.bound,
+            fallback: t.fallback,
+            flags: c.flags.clone(),
+        });
+    }
+    let mut by_op: Vec<OpSummary> = by_op.into_values().collect();
+    for s in &mut by_op {
+        s.time_share = if totals.time_s > 0.0 { s.time_s / totals.time_s } else { 0.0 };
+    }
+    by_op.sort_by(|a, b| b.time_s.total_cmp(&a.time_s).then_with(|| a.op.cmp(&b.op)));
+    Report { target: target.name.clone(), nodes, by_op, totals, unbound_dims: analysis.unbound_dims.clone() }
+}
+
+/// Analyses `graph` (symbolic dims bound from `dims`) and costs it on `target`.
+pub fn estimate(graph: &Graph, opset: i64, target: &Target, dims: &HashMap<String, i64>) -> Report {
+    report(&analyze(graph, opset, dims), target)
+}

@@ -1,0 +1,414 @@
+//! Target files: what a device can do, in the figures the LIFE model needs (peak TOPS per
+//! precision, memory bandwidth, efficiency factors, launch overhead), which ops and precisions it
+//! runs natively, and where the rest falls back to. Built-ins are TOML files embedded in the crate.
+
+use crate::Precision;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A device to optimise for and to cost against.
+///
+/// Every figure is documented in `docs/TARGETS.md`; the roofline that uses them is
+/// [`Target::node_time`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Short name (`cpu`, `npu`, ...), used in reports.
+    pub name: String,
+    /// One line on what the target models.
+    #[serde(default)]
+    pub description: String,
+    /// Where the figures come from (vendor spec pages, papers).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Peak throughput in tera-operations per second (one MAC = 2 ops), by precision name
+    /// (`f32`, `f16`, `bf16`, `int8`, `int4`, ...). Every native precision must find a figure
+    /// along its [`Precision::lookup_chain`] (so `f32` is needed when `native_dtypes` is empty).
+    pub tops: BTreeMap<String, f64>,
+    /// Peak memory bandwidth in GB/s (10^9 bytes per second).
+    pub mem_bw_gbs: f64,
+    /// Memory the device can use, in GB (10^9 bytes); 0 when unknown.
+    #[serde(default)]
+    pub mem_gb: f64,
+    /// Fraction of peak TOPS reached by real kernels, in (0, 1].
+    pub eff_compute: f64,
+    /// Fraction of peak bandwidth reached by real kernels, in (0, 1].
+    pub eff_memory: f64,
+    /// Fixed cost per operator launch (dispatch, synchronisation), in microseconds.
+    #[serde(default)]
+    pub launch_overhead_us: f64,
+    /// Op types the device runs natively (`MatMul`, `com.microsoft::MatMulNBits`, or a bare
+    /// contrib op type), or `["*"]` for every op.
+    #[serde(default = "all_ops")]
+    pub native_ops: Vec<String>,
+    /// Precisions the device computes in natively; empty means every precision in `tops`.
+    #[serde(default)]
+    pub native_dtypes: Vec<String>,
+    /// Figures for ops this device does not run natively (they run on the host CPU).
+    /// Required when `native_ops` or `native_dtypes` restrict anything.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+    /// Whether the device runs `com.microsoft` contrib ops (onnxruntime's CPU provider does).
+    #[serde(default)]
+    pub contrib_ops: bool,
+    /// Quantisation formats the device prefers; read by quantisation passes.
+    #[serde(default)]
+    pub quant: QuantPrefs,
+}
+
+/// The device that runs what a [`Target`] cannot (usually the host CPU).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// Name of the fallback device, for reports.
+    pub name: String,
+    /// Peak TOPS by precision, as in [`Target::tops`]; `f32` is required.
+    pub tops: BTreeMap<String, f64>,
+    /// Bandwidth available to the fallback device, GB/s.
+    pub mem_bw_gbs: f64,
+    /// Compute efficiency, (0, 1].
+    pub eff_compute: f64,
+    /// Memory efficiency, (0, 1].
+    pub eff_memory: f64,
+    /// Launch overhead per op on the fallback device, microseconds (including the hand-off).
+    #[serde(default)]
+    pub launch_overhead_us: f64,
+}
+
+/// Weight formats a quantisation pass can emit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightFormat {
+    /// `com.microsoft::MatMulNBits`, 4-bit blocks (onnxruntime CPU/GPU and Ryzen AI hybrid flows).
+    #[serde(rename = "int4-matmulnbits")]
+    Int4MatMulNBits,
+    /// 4-bit weights with a standard `DequantizeLinear` (blocked, opset 21+).
+    #[serde(rename = "int4-dq")]
+    Int4Dq,
+    /// 8-bit `QuantizeLinear`/`DequantizeLinear` pairs on weights and activations.
+    #[serde(rename = "int8-qdq")]
+    Int8Qdq,
+    /// Keep float weights.
+    #[serde(rename = "none")]
+    None,
+}
+
+/// Quantisation preferences of a target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantPrefs {
+    /// Preferred weight format.
+    pub weight_format: WeightFormat,
+    /// Whether scales must be powers of two (XDNA-class NPUs shift instead of multiplying).
+    pub pow2_scales: bool,
+    /// Activation precision for QDQ flows (`int8`, `int16`, `bf16`, ...).
+    pub act_dtype: String,
+    /// Block size for blocked weight quantisation.
+    pub block_size: u32,
+}
+
+impl Default for QuantPrefs {
+    fn default() -> Self {
+        QuantPrefs {
+            weight_format: WeightFormat::Int4MatMulNBits,
+            pow2_scales: false,
+            act_dtype: "f32".into(),
+            block_size: 128,
+        }
+    }
+}
+
+fn all_ops() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// Errors loading or validating a target.
+#[derive(Debug, Error)]
+pub enum TargetError {
+    /// Neither a built-in name nor a file.
+    #[error("unknown target '{name}'; built-in targets: {builtins} (or give a path to a .toml target file)")]
+    Unknown { name: String, builtins: String },
+    /// The file could not be read.
+    #[error("cannot read target file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has a field of the wrong type (the message names the field).
+    #[error("target file {file}: {message}")]
+    Parse { file: String, message: String },
+    /// A field parsed but its value is not acceptable.
+    #[error("target file {file}: field `{field}`: {message}")]
+    Invalid { file: String, field: String, message: String },
+}
+
+/// Figures of one device side (the target itself or its fallback), as the roofline uses them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Figures<'a> {
+    pub tops: &'a BTreeMap<String, f64>,
+    pub mem_bw_gbs: f64,
+    pub eff_compute: f64,
+    pub eff_memory: f64,
+    pub launch_overhead_us: f64,
+}
+
+impl Figures<'_> {
+    /// Effective ops per second for `p`, following [`Precision::lookup_chain`].
+    pub(crate) fn ops_per_s(&self, p: Precision) -> f64 {
+        let tops = p.lookup_chain().iter().find_map(|q| self.tops.get(q.name()).copied()).unwrap_or(0.0);
+        tops * 1e12 * self.eff_compute
+    }
+    pub(crate) fn bytes_per_s(&self) -> f64 {
+        self.mem_bw_gbs * 1e9 * self.eff_memory
+    }
+}
+
+const CPU_TOML: &str = include_str!("../targets/cpu.toml");
+const NPU_TOML: &str = include_str!("../targets/npu.toml");
+const IGPU_TOML: &str = include_str!("../targets/igpu.toml");
+const GPU_TOML: &str = include_str!("../targets/gpu.toml");
+
+impl Target {
+    /// Names of the built-in targets.
+    pub const BUILTINS: &'static [&'static str] = &["cpu", "npu", "igpu", "gpu"];
+
+    /// The default target: the built-in `cpu` (Zen 5 class cores running onnxruntime, contrib ops on).
+    pub fn cpu() -> Target {
+        match Target::from_toml_str(CPU_TOML, "<built-in cpu>") {
+            Ok(t) => t,
+            // The built-in files are checked by the test suite; this arm only keeps the
+            // signature infallible should one ever be broken.
+            Err(_) => Target {
+                name: "cpu".into(),
+                description: String::new(),
+                sources: Vec::new(),
+                tops: [("f32".to_string(), 1.0)].into(),
+                mem_bw_gbs: 100.0,
+                mem_gb: 0.0,
+                eff_compute: 0.5,
+                eff_memory: 0.7,
+                launch_overhead_us: 5.0,
+                native_ops: all_ops(),
+                native_dtypes: Vec::new(),
+                fallback: None,
+                contrib_ops: true,
+                quant: QuantPrefs::default(),
+            },
+        }
+    }
+
+    /// A built-in target by name (`cpu`, `npu`, `igpu`, `gpu`).
+    pub fn builtin(name: &str) -> Result<Target, TargetError> {
+        let text = match name {
+            "cpu" => return Ok(Target::cpu()),
+            "npu" => NPU_TOML,
+            "igpu" => IGPU_TOML,
+            "gpu" => GPU_TOML,
+            _ => return Err(TargetError::Unknown { name: name.into(), builtins: Self::BUILTINS.join(", ") }),
+        };
+        Target::from_toml_str(text, &format!("<built-in {name}>"))
+    }
+
+    /// The TOML text of a built-in target, to start a custom file from.
+    pub fn builtin_toml(name: &str) -> Option<&'static str> {
+        match name {
+            "cpu" => Some(CPU_TOML),
+            "npu" => Some(NPU_TOML),
+            "igpu" => Some(IGPU_TOML),
+            "gpu" => Some(GPU_TOML),
+            _ => None,
+        }
+    }
+
+    /// Reads and validates a target file.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Target, TargetError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TargetError::Io { path: path.to_path_buf(), source })?;
+        Target::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// A built-in name, or else a path to a `.toml` target file.
+    pub fn load(name_or_path: &str) -> Result<Target, TargetError> {
+        if Self::BUILTINS.contains(&name_or_path) {
+            return Target::builtin(name_or_path);
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() || name_or_path.ends_with(".toml") || name_or_path.contains(std::path::MAIN_SEPARATOR) {
+            return Target::from_path(path);
+        }
+        Err(TargetError::Unknown { name: name_or_path.into(), builtins: Self::BUILTINS.join(", ") })
+    }
+
+    /// Parses and validates target TOML; `file` names the source in error messages.
+    pub fn from_toml_str(text: &str, file: &str) -> Result<Target, TargetError> {
+        let t: Target = toml::from_str(text)
+            .map_err(|e| TargetError::Parse { file: file.into(), message: one_line(&e.to_string()) })?;
+        t.validate(file)?;
+        Ok(t)
+    }
+
+    /// The target as TOML (round-trips through [`Target::from_toml_str`]).
+    pub fn to_toml(&self) -> Result<String, TargetError> {
+        toml::to_string(self).map_err(|e| TargetError::Parse { file: self.name.clone(), message: e.to_string() })
+    }
+
+    /// Checks ranges and names; `file` names the source in error messages.
+    pub fn validate(&self, file: &str) -> Result<(), TargetError> {
+        let bad =
+            |field: &str, message: String| TargetError::Invalid { file: file.into(), field: field.into(), message };
+        if self.name.trim().is_empty() {
+            return Err(bad("name", "must not be empty".into()));
+        }
+        check_figures(
+            "",
+            &Figures {
+                tops: &self.tops,
+                mem_bw_gbs: self.mem_bw_gbs,
+                eff_compute: self.eff_compute,
+                eff_memory: self.eff_memory,
+                launch_overhead_us: self.launch_overhead_us,
+            },
+        )
+        .map_err(|(f, m)| bad(&f, m))?;
+        if !(self.mem_gb.is_finite() && self.mem_gb >= 0.0) {
+            return Err(bad("mem_gb", format!("must be a non-negative number of GB, got {}", self.mem_gb)));
+        }
+        for d in &self.native_dtypes {
+            if Precision::from_name(d).is_none() {
+                return Err(bad("native_dtypes", format!("unknown precision '{d}'; known: {}", Precision::names())));
+            }
+        }
+        if self.native_ops.is_empty() {
+            return Err(bad("native_ops", "must list op types or be [\"*\"]".into()));
+        }
+        for p in Precision::ALL {
+            if self.runs_precision(p) && self.figures().ops_per_s(p) <= 0.0 {
+                let chain: Vec<&str> = p.lookup_chain().iter().map(|q| q.name()).collect();
+                let msg = if self.native_dtypes.is_empty() {
+                    format!(
+                        "needs an `f32` entry (every precision is native when native_dtypes is empty; {} looks up {})",
+                        p.name(),
+                        chain.join(" -> ")
+                    )
+                } else {
+                    format!("native precision {} needs one of: {}", p.name(), chain.join(", "))
+                };
+                return Err(bad("tops", msg));
+            }
+        }
+        let restricted = !self.native_ops.iter().any(|o| o == "*") || !self.native_dtypes.is_empty();
+        match &self.fallback {
+            Some(fb) => {
+                if fb.name.trim().is_empty() {
+                    return Err(bad("fallback.name", "must not be empty".into()));
+                }
+                check_figures("fallback.", &fb.figures()).map_err(|(f, m)| bad(&f, m))?;
+                if !fb.tops.contains_key("f32") {
+                    return Err(bad(
+                        "fallback.tops",
+                        "needs an `f32` entry (the fallback runs every precision)".into(),
+                    ));
+                }
+            }
+            None if restricted => {
+                return Err(bad(
+                    "fallback",
+                    "required when native_ops or native_dtypes restrict what runs on the device".into(),
+                ));
+            }
+            None => {}
+        }
+        if Precision::from_name(&self.quant.act_dtype).is_none() {
+            return Err(bad("quant.act_dtype", format!("unknown precision '{}'", self.quant.act_dtype)));
+        }
+        if self.quant.block_size == 0 {
+            return Err(bad("quant.block_size", "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn figures(&self) -> Figures<'_> {
+        Figures {
+            tops: &self.tops,
+            mem_bw_gbs: self.mem_bw_gbs,
+            eff_compute: self.eff_compute,
+            eff_memory: self.eff_memory,
+            launch_overhead_us: self.launch_overhead_us,
+        }
+    }
+
+    /// Whether the device runs `op` (as printed by optc: `MatMul`, `com.microsoft::MatMulNBits`).
+    pub fn runs_op(&self, op: &str) -> bool {
+        let bare = op.rsplit("::").next().unwrap_or(op);
+        self.native_ops.iter().any(|o| o == "*" || o == op || o == bare)
+    }
+
+    /// Whether the device computes in precision `p` natively.
+    pub fn runs_precision(&self, p: Precision) -> bool {
+        if self.native_dtypes.is_empty() {
+            return true;
+        }
+        self.native_dtypes.iter().any(|d| d == p.name())
+    }
+
+    /// The float precision activations use on this device: the first of bf16, f16, f32 that
+    /// it runs natively and has a TOPS figure for.
+    pub fn preferred_float(&self) -> Precision {
+        [Precision::BF16, Precision::F16]
+            .into_iter()
+            .find(|p| self.runs_precision(*p) && self.tops.contains_key(p.name()))
+            .unwrap_or(Precision::F32)
+    }
+}
+
+impl Fallback {
+    pub(crate) fn figures(&self) -> Figures<'_> {
+        Figures {
+            tops: &self.tops,
+            mem_bw_gbs: self.mem_bw_gbs,
+            eff_compute: self.eff_compute,
+            eff_memory: self.eff_memory,
+            launch_overhead_us: self.launch_overhead_us,
+        }
+    }
+}
+
+fn check_figures(prefix: &str, f: &Figures<'_>) -> Result<(), (String, String)> {
+    let field = |n: &str| format!("{prefix}{n}");
+    for (k, v) in f.tops {
+        if Precision::from_name(k).is_none() {
+            return Err((field(&format!("tops.{k}")), format!("unknown precision; known: {}", Precision::names())));
+        }
+        if !(v.is_finite() && *v > 0.0) {
+            return Err((field(&format!("tops.{k}")), format!("must be a positive number of TOPS, got {v}")));
+        }
+    }
+    if !(f.mem_bw_gbs.is_finite() && f.mem_bw_gbs > 0.0) {
+        return Err((field("mem_bw_gbs"), format!("must be a positive number of GB/s, got {}", f.mem_bw_gbs)));
+    }
+    for (name, v) in [("eff_compute", f.eff_compute), ("eff_memory", f.eff_memory)] {
+        if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+            return Err((field(name), format!("must be in (0, 1], got {v}")));
+        }
+    }
+    if !(f.launch_overhead_us.is_finite() && f.launch_overhead_us >= 0.0) {
+        return Err((
+            field("launch_overhead_us"),
+            format!("must be a non-negative number of microseconds, got {}", f.launch_overhead_us),
+        ));
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::cpu()
+    }
+}

@@ -1,0 +1,266 @@
+//! Ops, bytes, bounds, fallback and fusion on small graphs.
+
+use optc_cost::{Bound, Flag, Precision, Target, analyze, estimate, report};
+use optc_ir::builder::GraphBuilder;
+use optc_ir::{Attribute, DType, Dim, Graph, Op, Tensor};
+use std::collections::HashMap;
+
+fn no_dims() -> HashMap<String, i64> {
+    HashMap::new()
+}
+
+/// x[m, k] @ W[k, n] with an f32 weight.
+fn matmul_graph(m: i64, k: i64, n: i64) -> Graph {
+    let mut b = GraphBuilder::new("mm");
+    let x = b.input("x", DType::F32, vec![Dim::known(m), Dim::known(k)]).unwrap();
+    let w = b.init_f32("w", &[k, n], &vec![0.0; (k * n) as usize]).unwrap();
+    let y = b.op(Op::MatMul, &[x, w], vec![]).unwrap();
+    b.output(y, "y", None).unwrap();
+    b.finish()
+}
+
+#[test]
+fn matmul_ops_and_bytes_are_exact() {
+    let a = analyze(&matmul_graph(2, 64, 32), 21, &no_dims());
+    assert_eq!(a.nodes.len(), 1);
+    let n = &a.nodes[0];
+    assert_eq!(n.op, "MatMul");
+    assert_eq!(n.precision, Precision::F32);
+    assert_eq!(n.ops, 2.0 * 2.0 * 64.0 * 32.0);
+    assert_eq!(n.weight_bytes, 64.0 * 32.0 * 4.0);
+    assert_eq!(n.activation_bytes(), 2.0 * 64.0 * 4.0 + 2.0 * 32.0 * 4.0);
+    assert_eq!(n.bytes(), 8192.0 + 512.0 + 256.0);
+    assert!(n.flags.is_empty(), "{:?}", n.flags);
+}
+
+#[test]
+fn bound_flips_from_memory_to_compute_with_batch() {
+    let cpu = Target::cpu();
+    let gemv = estimate(&matmul_graph(1, 4096, 4096), 21, &cpu, &no_dims());
+    assert_eq!(gemv.nodes[0].bound, Bound::Memory);
+    let gemm = estimate(&matmul_graph(1024, 1024, 1024), 21, &cpu, &no_dims());
+    assert_eq!(gemm.nodes[0].bound, Bound::Compute);
+    // time = max(compute, memory) + overhead, with the documented formula.
+    let r = &gemm.nodes[0];
+    let expect_c = r.ops / (cpu.eff_compute * cpu.tops["f32"] * 1e12);
+    assert!((r.compute_s - expect_c).abs() / expect_c < 1e-12);
+    assert!((r.time_s - (r.compute_s.max(r.memory_s) + cpu.launch_overhead_us * 1e-6)).abs() < 1e-15);
+    // A tiny op is launch-bound.
+    let tiny = estimate(&matmul_graph(1, 4, 4), 21, &cpu, &no_dims());
+    assert_eq!(tiny.nodes[0].bound, Bound::Overhead);
+}
+
+#[test]
+fn int4_weights_count_half_a_byte_plus_scales() {
+    let (k, n) = (64i64, 32i64);
+    let mut b = GraphBuilder::new("dq");
+    let x = b.input("x", DType::F32, vec![Dim::known(1), Dim::known(k)]).unwrap();
+    let raw = vec![0u8; (k * n / 2) as usize];
+    let wq =
+        b.graph.add_initializer("wq", Tensor::from_raw(Some("wq".into()), DType::I4, vec![k, n], raw.into())).unwrap();
+    let scale = b.init_f32("scale", &[n], &vec![0.1; n as usize]).unwrap();
+    let w = b.op(Op::DequantizeLinear, &[wq, scale], vec![Attribute::int("axis", 1)]).unwrap();
+    let y = b.op(Op::MatMul, &[x, w], vec![]).unwrap();
+    b.output(y, "y", None).unwrap();
+    let a = analyze(&b.finish(), 21, &no_dims());
+    let dq = a.nodes.iter().find(|c| c.op == "DequantizeLinear").unwrap();
+    assert!(dq.free && dq.flags.contains(&Flag::FoldedIntoConsumer));
+    assert_eq!(dq.bytes(), 0.0);
+    let mm = a.nodes.iter().find(|c| c.op == "MatMul").unwrap();
+    assert_eq!(mm.weight_bytes, (k * n) as f64 * 0.5 + n as f64 * 4.0);
+    assert_eq!(mm.ops, 2.0 * (k * n) as f64);
+    // Weight-only: computes at the activation precision.
+    assert_eq!(mm.precision, Precision::F32);
+}
+
+#[test]
+fn matmulnbits_is_costed_from_its_attributes() {
+    let (m, k, n, block) = (8i64, 256i64, 128i64, 32i64);
+    let mut b = GraphBuilder::new("nbits");
+    let x = b.input("x", DType::F16, vec![Dim::known(m), Dim::known(k)]).unwrap();
+    let wb = vec![0u8; (n * (k / block) * (block / 2)) as usize];
+    let w = b
+        .graph
+        .add_initializer("w", Tensor::from_raw(Some("w".into()), DType::U8, vec![n, k / block, block / 2], wb.into()))
+        .unwrap();
+    let sraw = vec![0u8; (n * (k / block) * 2) as usize];
+    let s = b
+        .graph
+        .add_initializer("s", Tensor::from_raw(Some("s".into()), DType::F16, vec![n * (k / block)], sraw.into()))
+        .unwrap();
+    let attrs = vec![
+        Attribute::int("K", k),
+        Attribute::int("N", n),
+        Attribute::int("bits", 4),
+        Attribute::int("block_size", block),
+    ];
+    let y = b.op(Op::from_onnx("com.microsoft", "MatMulNBits"), &[x, w, s], attrs).unwrap();
+    b.output(y, "y", None).unwrap();
+    let a = analyze(&b.finish(), 21, &no_dims());
+    let c = &a.nodes[0];
+    assert_eq!(c.op, "com.microsoft::MatMulNBits");
+    assert_eq!(c.ops, 2.0 * (m * k * n) as f64);
+    assert_eq!(c.weight_bytes, (n * k) as f64 * 0.5 + (n * k / block) as f64 * 2.0);
+    assert_eq!(c.precision, Precision::F16);
+    // Output [m, n] in f16, derived from the attributes since inference does not know the op.
+    assert_eq!(c.outputs[0].bytes, (m * n * 2) as f64);
+    let npu = Target::builtin("npu").unwrap();
+    let igpu = Target::builtin("igpu").unwrap();
+    assert!(npu.node_time(c).fallback, "f16 is not an NPU precision");
+    assert!(!igpu.node_time(c).fallback);
+}
+
+#[test]
+fn unsupported_op_or_precision_on_npu_falls_back() {
+    let mut b = GraphBuilder::new("fb");
+    let x = b.input("x", DType::I8, vec![Dim::known(16), Dim::known(64)]).unwrap();
+    let w = b.input("w", DType::I8, vec![Dim::known(64), Dim::known(64)]).unwrap();
+    let mm = b.op(Op::MatMulInteger, &[x, w], vec![]).unwrap();
+    let k = b.init_i64("k", &[1], &[4]).unwrap();
+    let top = b.op_n(Op::TopK, &[Some(mm), Some(k)], vec![], 2).unwrap();
+    let f = b.input("f", DType::F32, vec![Dim::known(64), Dim::known(64)]).unwrap();
+    let y = b.op(Op::MatMul, &[f, f], vec![]).unwrap();
+    b.output(top[0], "top", None).unwrap();
+    b.output(y, "y", None).unwrap();
+    let npu = Target::builtin("npu").unwrap();
+    let r = estimate(&b.finish(), 21, &npu, &no_dims());
+    let row = |op: &str| r.nodes.iter().find(|n| n.op == op).unwrap();
+    assert!(!row("MatMulInteger").fallback);
+    assert_eq!(row("MatMulInteger").precision, Precision::Int8);
+    assert!(row("TopK").fallback, "TopK is not an NPU op");
+    assert!(row("MatMul").fallback, "f32 is not an NPU precision");
+    assert_eq!(r.totals.fallback_nodes, 2);
+    // The CPU runs everything.
+    let cpu = estimate(&matmul_graph(4, 4, 4), 21, &Target::cpu(), &no_dims());
+    assert_eq!(cpu.totals.fallback_nodes, 0);
+}
+
+#[test]
+fn symbolic_dims_bind_and_unbound_ones_are_flagged() {
+    let mut b = GraphBuilder::new("sym");
+    let x = b.input("x", DType::F32, vec![Dim::sym("batch"), Dim::sym("seq"), Dim::known(64)]).unwrap();
+    let w = b.init_f32("w", &[64, 64], &vec![0.0; 64 * 64]).unwrap();
+    let y = b.op(Op::MatMul, &[x, w], vec![]).unwrap();
+    let r = b.op(Op::Relu, &[y], vec![]).unwrap();
+    let shape = b.init_i64("shape", &[2], &[-1, 64]).unwrap();
+    let z = b.op(Op::Reshape, &[r, shape], vec![]).unwrap();
+    b.output(z, "z", None).unwrap();
+    let g = b.finish();
+    let dims: HashMap<String, i64> = [("seq".to_string(), 128)].into();
+    let a = analyze(&g, 21, &dims);
+    assert_eq!(a.unbound_dims, vec!["batch".to_string()]);
+    let mm = &a.nodes[0];
+    assert_eq!(mm.ops, 2.0 * 128.0 * 64.0 * 64.0);
+    assert!(mm.flags.contains(&Flag::UnboundDim));
+    let relu = a.nodes.iter().find(|n| n.op == "Relu").unwrap();
+    assert_eq!(relu.ops, 128.0 * 64.0);
+    let reshape = a.nodes.iter().find(|n| n.op == "Reshape").unwrap();
+    assert!(reshape.free && reshape.ops == 0.0 && reshape.bytes() == 0.0);
+    let dims2: HashMap<String, i64> = [("seq".to_string(), 128), ("batch".to_string(), 4)].into();
+    let a2 = analyze(&g, 21, &dims2);
+    assert!(a2.unbound_dims.is_empty());
+    assert_eq!(a2.nodes[0].ops, 4.0 * mm.ops);
+}
+
+#[test]
+fn gather_from_an_embedding_reads_only_the_rows() {
+    let mut b = GraphBuilder::new("emb");
+    let ids = b.input("ids", DType::I64, vec![Dim::known(1), Dim::known(4)]).unwrap();
+    let table = b.init_f32("table", &[1000, 64], &vec![0.0; 64_000]).unwrap();
+    let y = b.op(Op::Gather, &[table, ids], vec![]).unwrap();
+    b.output(y, "y", None).unwrap();
+    let a = analyze(&b.finish(), 21, &no_dims());
+    let g = &a.nodes[0];
+    assert_eq!(g.ops, 0.0);
+    assert_eq!(g.weight_bytes, 4.0 * 64.0 * 4.0);
+}
+
+#[test]
+fn opaque_ops_get_a_flagged_estimate() {
+    let mut b = GraphBuilder::new("opq");
+    let x = b.input("x", DType::F32, vec![Dim::known(8), Dim::known(8)]).unwrap();
+    let y = b.op(Op::from_onnx("my.domain", "Mystery"), &[x], vec![]).unwrap();
+    b.output(y, "y", None).unwrap();
+    let a = analyze(&b.finish(), 21, &no_dims());
+    let c = &a.nodes[0];
+    assert!(c.flags.contains(&Flag::OpaqueEstimate));
+    assert!(c.flags.contains(&Flag::ShapeEstimated));
+    assert_eq!(c.ops, 2.0 * 64.0);
+    assert_eq!(c.bytes(), 2.0 * 64.0 * 4.0);
+}
+
+/// MatMul -> Add(bias) -> Relu: fusing drops the two intermediate tensors and two launches.
+#[test]
+fn fusion_removes_intermediate_traffic_and_launches() {
+    let (m, k, n) = (64i64, 256i64, 256i64);
+    let mut b = GraphBuilder::new("chain");
+    let x = b.input("x", DType::F32, vec![Dim::known(m), Dim::known(k)]).unwrap();
+    let w = b.init_f32("w", &[k, n], &vec![0.0; (k * n) as usize]).unwrap();
+    let bias = b.init_f32("b", &[n], &vec![0.0; n as usize]).unwrap();
+    let y = b.op(Op::MatMul, &[x, w], vec![]).unwrap();
+    let z = b.op(Op::Add, &[y, bias], vec![]).unwrap();
+    let r = b.op(Op::Relu, &[z], vec![]).unwrap();
+    b.output(r, "out", None).unwrap();
+    let a = analyze(&b.finish(), 21, &no_dims());
+    assert_eq!(a.nodes.len(), 3);
+    let fused = a.fuse(&[vec![0, 1, 2]]).unwrap();
+    assert_eq!(fused.nodes.len(), 1);
+    let f = &fused.nodes[0];
+    assert_eq!(f.op, "Fused[MatMul+Add+Relu]");
+    assert!(f.flags.contains(&Flag::Fused));
+    assert_eq!(f.ops, a.total_ops());
+    let act = (m * n * 4) as f64;
+    // Two intermediates, each written once and read once, disappear.
+    assert_eq!(a.total_bytes() - fused.total_bytes(), 4.0 * act);
+    let cpu = Target::cpu();
+    let before = report(&a, &cpu);
+    let after = report(&fused, &cpu);
+    assert!(after.totals.time_s < before.totals.time_s);
+    // Bad groups are errors, not panics.
+    assert!(a.fuse(&[vec![0, 1], vec![1, 2]]).is_err());
+    assert!(a.fuse(&[vec![7]]).is_err());
+    assert!(a.fuse(&[vec![]]).is_err());
+    // A value also read outside the group keeps its traffic.
+    let partial = a.fuse(&[vec![0, 1]]).unwrap();
+    assert_eq!(a.total_bytes() - partial.total_bytes(), 2.0 * act);
+}
+
+#[test]
+fn report_aggregates_by_op_and_serialises() {
+    let r = estimate(&matmul_graph(8, 32, 32), 21, &Target::cpu(), &no_dims());
+    assert_eq!(r.by_op.len(), 1);
+    assert_eq!(r.by_op[0].count, 1);
+    assert!((r.by_op[0].time_share - 1.0).abs() < 1e-12);
+    assert_eq!(r.totals.weight_bytes, 32.0 * 32.0 * 4.0);
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(json.contains("\"bound\":\"overhead\"") || json.contains("\"bound\":\"memory\""), "{json}");
+    assert!(json.contains("\"target\":\"cpu\""));
+}
+
+#[test]
+fn loop_bodies_are_counted_once_and_flagged() {
+    let mut body = GraphBuilder::new("body");
+    let bi = body.input("i", DType::I64, vec![]).unwrap();
+    let bc = body.input("cond", DType::Bool, vec![]).unwrap();
+    let bx = body.input("x_in", DType::F32, vec![Dim::known(16), Dim::known(16)]).unwrap();
+    let w = body.init_f32("w", &[16, 16], &vec![0.0; 256]).unwrap();
+    let y = body.op(Op::MatMul, &[bx, w], vec![]).unwrap();
+    let c = body.op(Op::Identity, &[bc], vec![]).unwrap();
+    body.output(c, "cond_out", None).unwrap();
+    body.output(y, "x_out", None).unwrap();
+    let _ = bi;
+    let body = body.finish();
+    let mut b = GraphBuilder::new("outer");
+    let x = b.input("x", DType::F32, vec![Dim::known(16), Dim::known(16)]).unwrap();
+    let trip = b.init_i64("trip", &[], &[3]).unwrap();
+    let cond = b.input("c", DType::Bool, vec![]).unwrap();
+    let out = b
+        .op(Op::Loop, &[trip, cond, x], vec![Attribute::new("body", optc_ir::AttrValue::Graph(Box::new(body)))])
+        .unwrap();
+    b.output(out, "y", None).unwrap();
+    let a = analyze(&b.finish(), 21, &no_dims());
+    let mm = a.nodes.iter().find(|n| n.op == "MatMul").expect("body node analysed");
+    assert!(mm.flags.contains(&Flag::Subgraph));
+    assert!(mm.name.contains('/'));
+    assert_eq!(mm.ops, 2.0 * 16.0 * 16.0 * 16.0);
+}
