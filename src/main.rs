@@ -1,5 +1,6 @@
 //! The `optc` command line.
 
+mod costcmd;
 mod inspect;
 mod runcmd;
 
@@ -31,7 +32,7 @@ enum Command {
     /// Optimise a model with a pipeline of passes and write the result.
     #[command(long_about = "Optimise a model with a pipeline of passes and write the result.\n\n\
 The pipeline is a comma-separated list of passes, each with optional key=value options:\n  \
--p dce,identity\n  -p 'shape-fold,fixpoint(identity,dce,max_iter=5)'\n  -p ''   (no passes: a lossless round trip)\n\
+-p O2   (constant folding, clean-up and fusions; O1: the exact clean-up only)\n  -p dce,identity\n  -p 'shape-fold,fixpoint(identity,dce,max_iter=5)'\n  -p ''   (no passes: a lossless round trip)\n\
 Run `optc passes` for every pass, its options and its exactness.")]
     Opt(OptArgs),
     /// Show what is in a model: opsets, op histogram, parameters, inputs and outputs, subgraphs.
@@ -44,6 +45,24 @@ Run `optc passes` for every pass, its options and its exactness.")]
     Run(runcmd::RunArgs),
     /// Run two models on the same inputs and compare their outputs (exit 1 when out of tolerance).
     Verify(runcmd::VerifyArgs),
+    /// Predict latency on a target with the LIFE cost model (per op type, per node, totals; LLM TTFT/TPOT/TPS).
+    #[command(long_about = "Predict latency on a target with the LIFE analytical cost model.\n\n\
+Each node's time is max(ops / (eff_c * TOPS[precision]), bytes / (eff_m * bandwidth)) + launch overhead, \
+from the target's figures alone; ops the target does not run natively are costed on its fallback device. \
+No tensor data is read.\n\nExamples:\n  optc cost model.onnx --target npu --dim batch=1,seq=128\n  \
+optc cost model.onnx --target my-board.toml --json\n  \
+optc cost --llm-config preset=llama3-8b,wbits=4 --target npu --llm prompt=1024,gen=128\n  \
+optc cost --llm-config preset=llama3-8b,wbits=4,gate_up_bits=2 --target igpu --llm prompt=512,gen=128,context=4096")]
+    Cost(costcmd::CostArgs),
+    /// List the built-in targets (or print one's target file with --show NAME).
+    Targets(TargetsArgs),
+}
+
+#[derive(Args)]
+struct TargetsArgs {
+    /// Print this built-in target's TOML file.
+    #[arg(long, value_name = "NAME")]
+    show: Option<String>,
 }
 
 #[derive(Args)]
@@ -93,6 +112,9 @@ struct OptArgs {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+    /// Bind symbolic dims for the predicted latency, e.g. --dim batch=1,seq=128.
+    #[arg(long = "dim", value_name = "SYM=N", value_delimiter = ',')]
+    dims: Vec<String>,
 }
 
 fn parse_external(s: &str) -> Result<ExternalData, String> {
@@ -120,6 +142,11 @@ fn main() -> ExitCode {
         Command::Gen(a) => cmd_gen(a),
         Command::Run(a) => runcmd::run(a),
         Command::Verify(a) => runcmd::verify(a),
+        Command::Cost(a) => costcmd::run(a),
+        Command::Targets(a) => match a.show {
+            Some(name) => costcmd::show_target(&name),
+            None => costcmd::targets(),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,7 +166,7 @@ fn main() -> ExitCode {
 }
 
 fn target(name: &str) -> Result<Target, optc::Error> {
-    Ok(Target::builtin(name)?)
+    Ok(Target::load(name)?)
 }
 
 fn file_size(p: &Path) -> u64 {
@@ -169,6 +196,9 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     let before = inspect::Stats::of(model.ir(), model_disk_size(&a.input, model.ir()));
     let mut cx = PassContext::new(target.clone());
     cx.explain = a.explain;
+    cx.dims = costcmd::parse_dims(&a.dims)?;
+    cx.cost_each = !a.quiet;
+    let predicted_before = (!a.quiet).then(|| cx.predict(model.ir()));
     if let Some(n) = a.max_rewrites {
         cx.budget = Budget::limited(n);
     }
@@ -209,15 +239,29 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
             target.name
         );
         print!("{}", inspect::summary_table(&before, &after));
+        if let Some(b) = predicted_before {
+            let after = report.runs.last().and_then(|r| r.predicted).map_or(b, |p| p.1);
+            println!(
+                "{:<22} {:>12} {:>12} {:>9}",
+                format!("predicted ({})", target.name),
+                costcmd::fmt_time(b),
+                costcmd::fmt_time(after),
+                if b > 0.0 { format!("{:+.1}%", (after - b) / b * 100.0) } else { String::new() }
+            );
+        }
         if !report.runs.is_empty() {
-            println!("{:<32} {:>10} {:>9} {:>16}", "pass", "time", "rewrites", "nodes");
+            println!("\n{:<32} {:>10} {:>9} {:>16} {:>24}", "pass", "time", "rewrites", "nodes", "predicted latency");
             for r in &report.runs {
+                let lat = r
+                    .predicted
+                    .map_or(String::new(), |(b, a)| format!("{} -> {}", costcmd::fmt_time(b), costcmd::fmt_time(a)));
                 println!(
-                    "{:<32} {:>10} {:>9} {:>16}",
+                    "{:<32} {:>10} {:>9} {:>16} {:>24}",
                     r.label,
                     inspect::fmt_duration(r.time),
                     r.rewrites,
-                    format!("{} -> {}", r.nodes_before, r.nodes_after)
+                    format!("{} -> {}", r.nodes_before, r.nodes_after),
+                    lat
                 );
             }
         }
@@ -265,6 +309,11 @@ fn cmd_passes() -> anyhow::Result<()> {
     println!("\nCombinators:\n");
     println!("  {:<14} run the listed passes again until none of them changes anything", "fixpoint(...)");
     println!("  {:<14} option max_iter=10", "");
+    println!("\nPresets (names that stand for a pipeline, e.g. -p O2):\n");
+    for (name, pipeline, about) in optc::passes::pipeline::PRESETS {
+        println!("  {name:<14} {about}");
+        println!("  {:<14} = {pipeline}", "");
+    }
     Ok(())
 }
 

@@ -640,7 +640,37 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 }
                 perm.iter().map(|&p| s.get(p as usize).cloned()).collect::<Option<Shape>>()
             });
-            vec![(ttype(elem(0), s), None)]
+            // Small integer tensors (shapes, pads) are tracked through a transpose too.
+            let value = val(0).and_then(|v| {
+                let rank = v.dims.len();
+                let perm: Vec<usize> = match attrs.get_ints("perm") {
+                    Some(p) => p.iter().map(|&x| usize::try_from(x).ok()).collect::<Option<Vec<_>>>()?,
+                    None => (0..rank).rev().collect(),
+                };
+                if perm.len() != rank || perm.iter().any(|&p| p >= rank) {
+                    return None;
+                }
+                let out_dims: Vec<usize> = perm.iter().map(|&p| v.dims[p]).collect();
+                let mut strides = vec![1usize; rank];
+                for i in (0..rank.saturating_sub(1)).rev() {
+                    strides[i] = strides[i + 1] * v.dims[i + 1];
+                }
+                let mut data = Vec::with_capacity(v.data.len());
+                let mut idx = vec![0usize; rank];
+                for _ in 0..v.data.len() {
+                    let src: usize = (0..rank).map(|i| idx[i] * strides[perm[i]]).sum();
+                    data.push(v.data.get(src)?.clone());
+                    for i in (0..rank).rev() {
+                        idx[i] += 1;
+                        if idx[i] < out_dims[i] {
+                            break;
+                        }
+                        idx[i] = 0;
+                    }
+                }
+                Some(SymTensor { dtype: v.dtype, dims: out_dims, data })
+            });
+            vec![(ttype(elem(0), s), value)]
         }
         Op::Concat => {
             let k = node.inputs().len();
@@ -1027,6 +1057,46 @@ fn reshape_shape(input: Option<&Shape>, target: &SymTensor, allowzero: bool) -> 
     Some(out)
 }
 
+/// Slices a tracked multi-dimensional value; `ranges` holds (axis, start, step, len) of the
+/// sliced axes (already clamped), other axes are kept whole.
+fn slice_value(v: &SymTensor, ranges: &[(usize, i64, i64, i64)]) -> Option<SymTensor> {
+    let rank = v.dims.len();
+    let mut start = vec![0i64; rank];
+    let mut step = vec![1i64; rank];
+    let mut out_dims = v.dims.clone();
+    for &(a, s, st, len) in ranges {
+        if a >= rank {
+            return None;
+        }
+        start[a] = s;
+        step[a] = st;
+        out_dims[a] = usize::try_from(len).ok()?;
+    }
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * v.dims[i + 1];
+    }
+    let total: usize = out_dims.iter().product();
+    let mut data = Vec::with_capacity(total);
+    let mut idx = vec![0usize; rank];
+    for _ in 0..total {
+        let mut src = 0usize;
+        for i in 0..rank {
+            let k = start[i] + idx[i] as i64 * step[i];
+            src += usize::try_from(k).ok()? * strides[i];
+        }
+        data.push(v.data.get(src)?.clone());
+        for i in (0..rank).rev() {
+            idx[i] += 1;
+            if idx[i] < out_dims[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+    Some(SymTensor { dtype: v.dtype, dims: out_dims, data })
+}
+
 fn slice_shape(
     sh: &Shape,
     starts: &[i64],
@@ -1072,6 +1142,13 @@ fn slice_shape(
         ranges.push((a, s, step, len));
     }
     let value = value.and_then(|v| {
+        // Every sliced axis must have had a known length.
+        if ranges.len() != starts.len() {
+            return None;
+        }
+        if v.dims.len() > 1 {
+            return slice_value(v, &ranges);
+        }
         if v.dims.len() != 1 || ranges.len() != 1 || ranges[0].0 != 0 {
             return None;
         }

@@ -15,6 +15,7 @@ mod registry;
 pub mod cse;
 pub mod dce;
 pub mod fold;
+pub mod fuse;
 pub mod identity;
 pub mod shape_fold;
 pub mod util;

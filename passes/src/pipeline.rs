@@ -9,6 +9,27 @@
 
 use std::fmt;
 
+/// Named pipelines: a name here may stand for its pipeline wherever a pass name may appear.
+/// `O1` keeps outputs bit-identical; `O2` adds constant folding and the fusions, which change
+/// results by float rounding only (rtol 1e-4).
+pub const PRESETS: &[(&str, &str, &str)] = &[
+    (
+        "O1",
+        "fixpoint(identity,shape-fold,cse,transpose,dce)",
+        "exact clean-up: no-op removal, shape folding, CSE, transpose sinking, DCE",
+    ),
+    (
+        "O2",
+        "fixpoint(fold,identity,shape-fold,cse,transpose,fuse-bn,fuse-act,dce)",
+        "O1 plus constant folding, affine/BatchNorm folding and activation fusion",
+    ),
+];
+
+/// The pipeline a preset name stands for.
+pub fn preset(name: &str) -> Option<&'static str> {
+    PRESETS.iter().find(|p| p.0 == name).map(|p| p.1)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
     pub name: String,

@@ -29,6 +29,9 @@ impl PassRegistry {
         r.register(crate::fold::Fold);
         r.register(crate::identity::IdentityElim);
         r.register(crate::shape_fold::ShapeFold);
+        r.register(crate::fuse::transpose::TransposeSink);
+        r.register(crate::fuse::affine::FuseAffine);
+        r.register(crate::fuse::act::FuseAct);
         r
     }
 

@@ -128,8 +128,9 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
 }
 
 /// A constant target for a Reshape whose target is computed: known entries stay, entries equal
-/// to the input's own (symbolic) dim at the same position become 0 ("copy"). `None` when the
-/// target is already constant or cannot be expressed.
+/// to the input's own (symbolic) dim at the same position become 0 ("copy"), and one remaining
+/// symbolic entry becomes -1 (inferred from the element count, which the original target
+/// preserved too). `None` when the target is already constant or cannot be expressed.
 fn reshape_target(g: &Graph, n: NodeId, facts: &Facts) -> Option<Vec<i64>> {
     let node = g.node(n);
     let t = node.input(1)?;
@@ -139,15 +140,26 @@ fn reshape_target(g: &Graph, n: NodeId, facts: &Facts) -> Option<Vec<i64>> {
     let target = facts.values.get(&t)?;
     let input_shape = facts.shape(node.input(0)?);
     let mut out = Vec::with_capacity(target.data.len());
+    let mut inferred = false;
     for (i, d) in target.data.iter().enumerate() {
         out.push(match d {
-            DimValue::Known(k) => *k,
+            // A computed 0 (copy) or -1 (infer) keeps its meaning in a constant target.
+            DimValue::Known(k) if *k >= 0 => *k,
+            DimValue::Known(-1) if !inferred => {
+                inferred = true;
+                -1
+            }
+            DimValue::Known(_) => return None,
             sym @ DimValue::Sym(_) => {
                 let same = input_shape.and_then(|s| s.get(i)).is_some_and(|dim| &dim.value == sym);
-                if !same {
+                if same {
+                    0
+                } else if !inferred {
+                    inferred = true;
+                    -1
+                } else {
                     return None;
                 }
-                0
             }
             DimValue::Unknown => return None,
         });

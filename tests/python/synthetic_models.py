@@ -132,9 +132,96 @@ def kitchen_sink() -> onnx.ModelProto:
     return m
 
 
+def _init(rng, name, shape, positive=False):
+    a = rng.standard_normal(shape).astype(np.float32)
+    if positive:
+        a = np.abs(a) + 0.5
+    return numpy_helper.from_array(a, name)
+
+
+def conv_bn_nhwc() -> onnx.ModelProto:
+    """Conv -> BatchNormalization -> a channels-last block (Transpose(NHWC) -> Add/Sub/Mul/Add
+    per-channel constants -> Relu -> Transpose(NCHW)) -> HardSwish as x*Clip(x+3,0,6)/6 ->
+    Conv -> Mul by a per-channel constant -> Gemm followed by a per-column Mul/Add."""
+    rng = np.random.default_rng(11)
+    c = 8
+    inits = [
+        _init(rng, "W1", [c, 3, 3, 3]), _init(rng, "B1", [c]),
+        _init(rng, "bn_s", [c]), _init(rng, "bn_b", [c]), _init(rng, "bn_m", [c]),
+        _init(rng, "bn_v", [c], positive=True),
+        numpy_helper.from_array(np.array(3.0, np.float32), "three"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "six"),
+        _init(rng, "k_add", [1, 1, 1, c]), _init(rng, "k_sub", [1, 1, 1, c]),
+        _init(rng, "k_mul", [1, 1, 1, c]), _init(rng, "k_add2", [c]),
+        _init(rng, "W2", [c, c, 1, 1]), _init(rng, "k_mul2", [c, 1, 1]),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+        _init(rng, "Wg", [c * 6 * 6, 5]), _init(rng, "Bg", [5]),
+        _init(rng, "kg_mul", [5]), _init(rng, "kg_add", [1, 5]),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["X", "W1", "B1"], ["c1"], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn1"], name="bn1"),
+        helper.make_node("Transpose", ["bn1"], ["t1"], perm=[0, 2, 3, 1], name="to_nhwc"),
+        helper.make_node("Add", ["t1", "k_add"], ["a1"], name="nhwc_add"),
+        helper.make_node("Sub", ["a1", "k_sub"], ["s1"], name="nhwc_sub"),
+        helper.make_node("Mul", ["s1", "k_mul"], ["m1"], name="nhwc_mul"),
+        helper.make_node("Add", ["m1", "k_add2"], ["a2"], name="nhwc_add2"),
+        helper.make_node("Relu", ["a2"], ["r1"], name="nhwc_relu"),
+        helper.make_node("Transpose", ["r1"], ["t2"], perm=[0, 3, 1, 2], name="to_nchw"),
+        helper.make_node("Add", ["t2", "three"], ["hs_a"], name="hs_add"),
+        helper.make_node("Clip", ["hs_a", "zero", "six"], ["hs_c"], name="hs_clip"),
+        helper.make_node("Mul", ["t2", "hs_c"], ["hs_m"], name="hs_mul"),
+        helper.make_node("Div", ["hs_m", "six"], ["hs"], name="hs_div"),
+        helper.make_node("Conv", ["hs", "W2"], ["c2"], name="conv2"),
+        helper.make_node("Mul", ["c2", "k_mul2"], ["c2m"], name="conv2_mul"),
+        helper.make_node("Reshape", ["c2m", "flat"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "Wg", "Bg"], ["g"], name="gemm"),
+        helper.make_node("Mul", ["g", "kg_mul"], ["gm"], name="gemm_mul"),
+        helper.make_node("Add", ["gm", "kg_add"], ["Y"], name="gemm_add"),
+    ]
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3, 8, 8])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 5])
+    g = helper.make_graph(nodes, "conv_bn_nhwc", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def gelu_erf(opset: int = 17) -> onnx.ModelProto:
+    """MatMul -> GELU in both exported orderings (x*0.5*(1+erf(x/sqrt2)))."""
+    rng = np.random.default_rng(12)
+    inits = [
+        _init(rng, "W", [16, 16]),
+        numpy_helper.from_array(np.array(1.4142135381698608, np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["X", "W"], ["h"], name="mm"),
+        # form 1: (x * (1 + erf(x / sqrt2))) * 0.5
+        helper.make_node("Div", ["h", "sqrt2"], ["d1"], name="g1_div"),
+        helper.make_node("Erf", ["d1"], ["e1"], name="g1_erf"),
+        helper.make_node("Add", ["e1", "one"], ["p1"], name="g1_add"),
+        helper.make_node("Mul", ["h", "p1"], ["m1"], name="g1_mul"),
+        helper.make_node("Mul", ["m1", "half"], ["y1"], name="g1_half"),
+        # form 2: (x * 0.5) * (1 + erf(x / sqrt2))
+        helper.make_node("Div", ["y1", "sqrt2"], ["d2"], name="g2_div"),
+        helper.make_node("Erf", ["d2"], ["e2"], name="g2_erf"),
+        helper.make_node("Add", ["one", "e2"], ["p2"], name="g2_add"),
+        helper.make_node("Mul", ["y1", "half"], ["hx"], name="g2_half"),
+        helper.make_node("Mul", ["hx", "p2"], ["Y"], name="g2_mul"),
+    ]
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [3, 16])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [3, 16])
+    g = helper.make_graph(nodes, "gelu", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
 SYNTHETIC = {
     "tiny_relu": tiny_relu,
     "histogram": histogram_model,
     "weights": weights_model,
     "kitchen_sink": kitchen_sink,
+    "conv_bn_nhwc": conv_bn_nhwc,
+    "gelu_erf": gelu_erf,
+    "gelu_erf_opset20": lambda: gelu_erf(20),
 }

@@ -1,0 +1,136 @@
+//! Fusion and layout passes: `transpose` (sinking and cancelling Transposes), `fuse-bn`
+//! (BatchNormalization and per-channel affine chains folded into Conv/Gemm/MatMul weights) and
+//! `fuse-act` (activation patterns into single ops). Helpers shared by them live here.
+
+pub mod act;
+pub mod affine;
+pub mod transpose;
+
+use crate::util::const_tensor;
+use optc_ir::{DType, Graph, NodeId, Tensor, Use, ValueId};
+
+/// The one node input reading `v`, when `v` has exactly one reader and is not a graph output.
+pub(crate) fn single_use(g: &Graph, v: ValueId) -> Option<(NodeId, usize)> {
+    if g.is_graph_output(v) {
+        return None;
+    }
+    let uses = g.uses(v);
+    match uses.as_slice() {
+        [(n, Use::Input(slot))] => Some((*n, *slot)),
+        _ => None,
+    }
+}
+
+/// Removes the producer of `v` when nothing reads `v` or the producer's other outputs, then
+/// does the same for that producer's inputs: clears a chain a fusion left dead. Initializers
+/// are left to `dce`.
+pub(crate) fn drop_dead_from(g: &mut Graph, v: ValueId) {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        if !g.contains_value(v) || !g.is_unused(v) {
+            continue;
+        }
+        let Some((p, _)) = g.producer(v) else { continue };
+        let node = g.node(p);
+        if node.subgraphs().next().is_some() || node.outputs().iter().flatten().any(|&o| !g.is_unused(o)) {
+            continue;
+        }
+        stack.extend(node.inputs().iter().flatten().copied());
+        g.remove_node(p);
+    }
+}
+
+/// A float32 constant: its values and dims.
+pub(crate) fn f32_const(g: &Graph, v: ValueId) -> Option<(Vec<f32>, Vec<i64>)> {
+    let t = const_tensor(g, v)?;
+    if t.dtype != DType::F32 {
+        return None;
+    }
+    let data = t.to_f32_vec()?;
+    (data.len() as u64 == t.numel()?).then_some((data, t.dims.clone()))
+}
+
+/// Adds a float32 initializer named after `base`.
+pub(crate) fn add_f32(g: &mut Graph, base: &str, dims: Vec<i64>, data: &[f32]) -> Option<ValueId> {
+    let name = g.fresh_name(base);
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    g.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::F32, dims, bytes.into())).ok()
+}
+
+/// Dims of `dims` right-aligned to `rank` (leading 1s), or `None` when longer than `rank`.
+pub(crate) fn align(dims: &[i64], rank: usize) -> Option<Vec<i64>> {
+    if dims.len() > rank {
+        return None;
+    }
+    let mut out = vec![1; rank - dims.len()];
+    out.extend_from_slice(dims);
+    Some(out)
+}
+
+/// Permutes a constant (`data` with `dims`, already right-aligned) so that
+/// `out.dims[i] = dims[perm[i]]` (the ONNX Transpose semantics).
+pub(crate) fn permute(data: &[f32], dims: &[i64], perm: &[usize]) -> (Vec<f32>, Vec<i64>) {
+    let rank = dims.len();
+    let out_dims: Vec<i64> = perm.iter().map(|&p| dims[p]).collect();
+    let mut in_strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * dims[i + 1].max(0) as usize;
+    }
+    let n = data.len();
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; rank];
+    for _ in 0..n {
+        let src: usize = (0..rank).map(|i| idx[i] * in_strides[perm[i]]).sum();
+        out.push(data[src]);
+        for i in (0..rank).rev() {
+            idx[i] += 1;
+            if (idx[i] as i64) < out_dims[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+    (out, out_dims)
+}
+
+/// Values of a constant broadcast along one axis: `Some(per-index values)` of length `len`
+/// when `dims` (right-aligned to `rank`) is 1 everywhere except possibly at `axis` (where it
+/// is `len` or 1).
+pub(crate) fn per_axis(data: &[f32], dims: &[i64], rank: usize, axis: usize, len: usize) -> Option<Vec<f32>> {
+    let d = align(dims, rank)?;
+    for (i, &x) in d.iter().enumerate() {
+        if i != axis && x != 1 {
+            return None;
+        }
+    }
+    match d.get(axis).copied() {
+        Some(1) | None => Some(vec![*data.first()?; len]),
+        Some(x) if x as usize == len && data.len() == len => Some(data.to_vec()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_matches_transpose_semantics() {
+        // dims [2, 3] -> perm [1, 0] -> [3, 2]
+        let (d, dims) = permute(&[0., 1., 2., 3., 4., 5.], &[2, 3], &[1, 0]);
+        assert_eq!(dims, vec![3, 2]);
+        assert_eq!(d, vec![0., 3., 1., 4., 2., 5.]);
+        let (d, dims) = permute(&[1., 2., 3.], &[1, 1, 3], &[0, 2, 1]);
+        assert_eq!(dims, vec![1, 3, 1]);
+        assert_eq!(d, vec![1., 2., 3.]);
+    }
+
+    #[test]
+    fn per_axis_accepts_channel_vectors_and_scalars() {
+        assert_eq!(per_axis(&[1., 2.], &[1, 2, 1, 1], 4, 1, 2), Some(vec![1., 2.]));
+        assert_eq!(per_axis(&[1., 2.], &[2, 1, 1], 4, 1, 2), Some(vec![1., 2.]));
+        assert_eq!(per_axis(&[5.], &[], 4, 1, 3), Some(vec![5., 5., 5.]));
+        assert_eq!(per_axis(&[1., 2.], &[1, 1, 1, 2], 4, 1, 2), None);
+        assert_eq!(per_axis(&[1., 2.], &[1, 1, 1, 1, 2], 4, 1, 2), None);
+    }
+}
