@@ -127,6 +127,42 @@ impl Analysis {
         self.nodes.iter().map(|n| n.bytes()).sum()
     }
 
+    /// Pairs (producer, activation) where a Conv/ConvTranspose/Gemm/MatMul output is read only
+    /// by an elementwise activation (Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, HardSwish,
+    /// Tanh) and is not a graph output: the pairs a runtime fuses into one kernel.
+    pub fn activation_groups(&self) -> Vec<Vec<usize>> {
+        const PRODUCERS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul", "com.microsoft::FusedConv"];
+        const ACTS: &[&str] = &["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"];
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for t in &n.inputs {
+                readers.entry(t.value.as_str()).or_default().push(i);
+            }
+        }
+        let outputs: HashSet<&str> = self.graph_outputs.iter().map(String::as_str).collect();
+        let mut taken = HashSet::new();
+        let mut groups = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !PRODUCERS.contains(&n.op.as_str()) || n.outputs.len() != 1 {
+                continue;
+            }
+            let v = n.outputs[0].value.as_str();
+            if outputs.contains(v) {
+                continue;
+            }
+            if let Some([j]) = readers.get(v).map(Vec::as_slice)
+                && ACTS.contains(&self.nodes[*j].op.as_str())
+                && !taken.contains(j)
+                && !taken.contains(&i)
+            {
+                taken.insert(i);
+                taken.insert(*j);
+                groups.push(vec![i, *j]);
+            }
+        }
+        groups
+    }
+
     /// The analysis with each group of node indices executed as one fused kernel.
     ///
     /// A fused group is one row (placed where its first member was) with the members' ops and

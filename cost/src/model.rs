@@ -78,7 +78,10 @@ impl Target {
             (Some(fb), false) => fb.figures(),
             _ => self.figures(),
         };
-        let mut t = roofline(&figs, cost.ops, cost.bytes(), cost.precision);
+        let act = cost.activation_bytes();
+        let memory_s = cost.weight_bytes / figs.bytes_per_s().max(f64::MIN_POSITIVE)
+            + act / figs.act_bytes_per_s(act).max(f64::MIN_POSITIVE);
+        let mut t = roofline_with_memory(&figs, cost.ops, memory_s, cost.precision);
         t.fallback = !native && self.fallback.is_some();
         t
     }
@@ -97,6 +100,11 @@ impl Target {
 }
 
 fn roofline(f: &Figures<'_>, ops: f64, bytes: f64, p: Precision) -> NodeTime {
+    let memory_s = if bytes <= 0.0 { 0.0 } else { bytes / f.bytes_per_s() };
+    roofline_with_memory(f, ops, memory_s, p)
+}
+
+fn roofline_with_memory(f: &Figures<'_>, ops: f64, memory_s: f64, p: Precision) -> NodeTime {
     let ops_rate = f.ops_per_s(p);
     let compute_s = if ops <= 0.0 {
         0.0
@@ -105,7 +113,6 @@ fn roofline(f: &Figures<'_>, ops: f64, bytes: f64, p: Precision) -> NodeTime {
     } else {
         f64::INFINITY
     };
-    let memory_s = if bytes <= 0.0 { 0.0 } else { bytes / f.bytes_per_s() };
     let overhead_s = f.launch_overhead_us * 1e-6;
     let bound = if overhead_s >= compute_s.max(memory_s) {
         Bound::Overhead
@@ -252,5 +259,12 @@ pub fn report(analysis: &Analysis, target: &Target) -> Report {
 
 /// Analyses `graph` (symbolic dims bound from `dims`) and costs it on `target`.
 pub fn estimate(graph: &Graph, opset: i64, target: &Target, dims: &HashMap<String, i64>) -> Report {
-    report(&analyze(graph, opset, dims), target)
+    let analysis = analyze(graph, opset, dims);
+    if target.fused_activations {
+        let groups = analysis.activation_groups();
+        if let Ok(fused) = analysis.fuse(&groups) {
+            return report(&fused, target);
+        }
+    }
+    report(&analysis, target)
 }

@@ -39,6 +39,19 @@ pub struct Target {
     /// Fixed cost per operator launch (dispatch, synchronisation), in microseconds.
     #[serde(default)]
     pub launch_overhead_us: f64,
+    /// On-chip cache (or scratchpad) size in MB (10^6 bytes); 0 when not modelled. An operator
+    /// whose activations (inputs and outputs, weights excluded) fit in it moves them at
+    /// `cache_bw_gbs` instead of `mem_bw_gbs`.
+    #[serde(default)]
+    pub cache_mb: f64,
+    /// Bandwidth of that cache in GB/s; 0 when not modelled.
+    #[serde(default)]
+    pub cache_bw_gbs: f64,
+    /// Whether the device runs an activation (Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid,
+    /// HardSwish, Tanh) that directly follows a Conv/Gemm/MatMul inside that kernel, so the
+    /// activation costs no launch and no memory traffic of its own.
+    #[serde(default)]
+    pub fused_activations: bool,
     /// Op types the device runs natively (`MatMul`, `com.microsoft::MatMulNBits`, or a bare
     /// contrib op type), or `["*"]` for every op.
     #[serde(default = "all_ops")]
@@ -152,6 +165,8 @@ pub(crate) struct Figures<'a> {
     pub eff_compute: f64,
     pub eff_memory: f64,
     pub launch_overhead_us: f64,
+    pub cache_mb: f64,
+    pub cache_bw_gbs: f64,
 }
 
 impl Figures<'_> {
@@ -162,6 +177,14 @@ impl Figures<'_> {
     }
     pub(crate) fn bytes_per_s(&self) -> f64 {
         self.mem_bw_gbs * 1e9 * self.eff_memory
+    }
+    /// Effective bytes per second for `act_bytes` of activations: the cache's when they fit.
+    pub(crate) fn act_bytes_per_s(&self, act_bytes: f64) -> f64 {
+        if self.cache_mb > 0.0 && self.cache_bw_gbs > 0.0 && act_bytes <= self.cache_mb * 1e6 {
+            self.cache_bw_gbs * 1e9 * self.eff_memory
+        } else {
+            self.bytes_per_s()
+        }
     }
 }
 
@@ -190,6 +213,9 @@ impl Target {
                 eff_compute: 0.5,
                 eff_memory: 0.7,
                 launch_overhead_us: 5.0,
+                cache_mb: 0.0,
+                cache_bw_gbs: 0.0,
+                fused_activations: false,
                 native_ops: all_ops(),
                 native_dtypes: Vec::new(),
                 fallback: None,
@@ -262,17 +288,12 @@ impl Target {
         if self.name.trim().is_empty() {
             return Err(bad("name", "must not be empty".into()));
         }
-        check_figures(
-            "",
-            &Figures {
-                tops: &self.tops,
-                mem_bw_gbs: self.mem_bw_gbs,
-                eff_compute: self.eff_compute,
-                eff_memory: self.eff_memory,
-                launch_overhead_us: self.launch_overhead_us,
-            },
-        )
-        .map_err(|(f, m)| bad(&f, m))?;
+        check_figures("", &self.figures()).map_err(|(f, m)| bad(&f, m))?;
+        for (field, v) in [("cache_mb", self.cache_mb), ("cache_bw_gbs", self.cache_bw_gbs)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(field, format!("must be a non-negative number, got {v}")));
+            }
+        }
         if !(self.mem_gb.is_finite() && self.mem_gb >= 0.0) {
             return Err(bad("mem_gb", format!("must be a non-negative number of GB, got {}", self.mem_gb)));
         }
@@ -337,6 +358,8 @@ impl Target {
             eff_compute: self.eff_compute,
             eff_memory: self.eff_memory,
             launch_overhead_us: self.launch_overhead_us,
+            cache_mb: self.cache_mb,
+            cache_bw_gbs: self.cache_bw_gbs,
         }
     }
 
@@ -372,6 +395,8 @@ impl Fallback {
             eff_compute: self.eff_compute,
             eff_memory: self.eff_memory,
             launch_overhead_us: self.launch_overhead_us,
+            cache_mb: 0.0,
+            cache_bw_gbs: 0.0,
         }
     }
 }
