@@ -23,6 +23,11 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
         "fixpoint(fold,identity,shape-fold,cse,transpose,fuse-bn,fuse-act,dce)",
         "O1 plus constant folding, affine/BatchNorm folding and activation fusion",
     ),
+    (
+        "fuse",
+        "fixpoint(fold,identity,shape-fold,cse,transpose,fuse-bn,fuse-act,dce)",
+        "the fusions (for the target's capabilities) with the clean-up passes, to a fixpoint; same as O2 today",
+    ),
 ];
 
 /// The pipeline a preset name stands for.

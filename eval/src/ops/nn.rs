@@ -2508,7 +2508,7 @@ mod tests {
 
     #[test]
     fn conv_transpose_is_the_adjoint_of_conv() {
-        // <conv(x, w), y> == <x, convT(y, w)> for matching geometry (no output padding).
+        // <conv(x, w), y> == <x, convT(y, w)> for matching geometry.
         let mut rng = Rng::new(3);
         let (s, d, pads) = (vec![2usize, 1], vec![1usize, 2], vec![1i64, 0, 0, 1]);
         let x = rand(&mut rng, &[1, 4, 7, 6]);
@@ -2528,8 +2528,10 @@ mod tests {
         // (C_in = M = 6) and its input as output (C_out = 4, 2 per group), that is the Conv's
         // own weight tensor [M, C/group, k].
         let wt = w.clone();
+        // Same pads; output_padding restores the input row the strided Conv never read
+        // (H: 2 * (3 - 1) + 3 - 1 + 1 = 7; W: 1 * (5 - 1) + 3 - 1 = 6).
         let mut ta = attrs();
-        ta.push(Attribute::ints("output_shape", vec![7, 6]));
+        ta.push(Attribute::ints("output_padding", vec![1, 0]));
         let xt = run_op(Op::ConvTranspose, vec![y.clone(), wt], ta, 1, 17);
         let Tensor::F32(xt) = &xt[0] else { panic!() };
         assert_eq!(xt.shape(), x.shape());
