@@ -7,9 +7,19 @@ Benchmarks
              (bench/gen_big_transformer.py): `optc opt M -p "" -o OUT` versus
              onnx.load + onnx.save(save_as_external_data=True), then a
              streaming identity check of each output against the input.
-  optimise   every model in the model cache: `optc opt M -p dce,identity,shape-fold`
+  optimise   every model in the model cache: `optc opt M -p O2`
              versus onnxruntime offline optimisation (BASIC, EXTENDED),
              onnxsim, onnxslim and onnxoptimizer.
+  eval       inference speed of optc's evaluator against onnxruntime, one
+             thread, same seeded inputs (bench/ort_run.py inputs):
+             `optc run M --input ... --threads 1 --repeat R` versus
+             onnxruntime at ORT_ENABLE_BASIC and ORT_ENABLE_ALL
+             (bench/ort_run.py run), plus an output check against ORT BASIC.
+  life       LIFE cost model (`optc cost`) predicted latency versus onnxruntime
+             1-thread measured latency on the cache models and generated
+             MLP / CNN / transformer models, with the cpu target's efficiency
+             factors and launch overhead fitted to micro-benchmarks first
+             (bench/life.py; raw figures in OUT_DIR/life/life.json).
 
 Every tool runs as its own process; wall time is measured around the process
 and peak RSS is GNU time's %M for it (falling back to polling VmHWM when
@@ -24,6 +34,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -38,11 +49,16 @@ from importlib import metadata
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
+ORT_RUN = os.path.join(HERE, "ort_run.py")
+LIFE = os.path.join(HERE, "life.py")
 
-OPTC_PIPELINE = "dce,identity,shape-fold"
+OPTC_PIPELINE = "O2"
 PRIMARY_MODELS = ["paraphrase-MiniLM-L3-v2", "open_nsfw"]
 EXTRA_ORDER = ["ch_ppocr_mobile_v2.0_cls_infer", "ch_PP-OCRv4_det_infer", "ch_PP-OCRv4_rec_infer",
                "silero_vad", "silero_vad_op18_ifless", "magika_standard_v3_3", "smart-turn-v3.2-cpu"]
+# benchmark C: the models the evaluator-speed bar is measured on (the others in the cache follow)
+EVAL_PRIMARY = ["open_nsfw", "paraphrase-MiniLM-L3-v2", "ch_PP-OCRv4_det_infer"]
+EVAL_BAR = 2.0  # optc median / ORT BASIC median, at most
 PEERS = ["ort-basic", "ort-extended", "onnxsim", "onnxslim", "onnxoptimizer"]
 TOOLS = ["optc"] + PEERS
 TOOL_LABEL = {
@@ -355,14 +371,14 @@ def bench_roundtrip(a, optc: str, optc_err: str | None) -> dict:
 
 # --------------------------------------------------------------------------- benchmark B: optimise
 
-def find_models(models_dir: str, only: set[str]) -> list[tuple[str, str | None]]:
+def find_models(models_dir: str, only: set[str], primary: list[str] = PRIMARY_MODELS) -> list[tuple[str, str | None]]:
     have = {}
     if os.path.isdir(models_dir):
         for f in sorted(os.listdir(models_dir)):
             if f.endswith(".onnx"):
                 have[f[:-5]] = os.path.join(models_dir, f)
-    order = PRIMARY_MODELS + [s for s in EXTRA_ORDER if s in have] + sorted(
-        s for s in have if s not in PRIMARY_MODELS and s not in EXTRA_ORDER)
+    order = primary + [s for s in EXTRA_ORDER if s in have and s not in primary] + sorted(
+        s for s in have if s not in primary and s not in EXTRA_ORDER)
     out = [(s, have.get(s)) for s in order]
     model_filter = {o for o in only if o not in SECTIONS}
     if model_filter:
@@ -442,6 +458,118 @@ def bench_optimise(a, optc: str, optc_err: str | None, only: set[str]) -> dict:
     return res
 
 
+# --------------------------------------------------------------------------- benchmark C: evaluator speed
+
+OPTC_RAN = re.compile(r"ran (\d+) times: fastest ([0-9.]+) ms, median ([0-9.]+) ms|ran in ([0-9.]+) ms")
+
+
+def optc_run_flags(optc: str) -> str | None:
+    """None when `optc run` takes --threads and --repeat, else why not."""
+    try:
+        r = subprocess.run([optc, "run", "--help"], capture_output=True, text=True, timeout=60)
+    except Exception as e:  # noqa: BLE001
+        return f"`optc run --help` failed: {type(e).__name__}: {e}"
+    missing = [f for f in ("--threads", "--repeat") if f not in r.stdout + r.stderr]
+    if missing:
+        return f"`optc run` has no {' / '.join(missing)} option (binary older than the evaluator timing options)"
+    return None
+
+
+def parse_optc_ran(text: str):
+    m = None
+    for m in OPTC_RAN.finditer(text):
+        pass
+    if m is None:
+        return None
+    if m.group(4) is not None:
+        t = float(m.group(4))
+        return {"reps": 1, "fastest_ms": t, "median_ms": t}
+    return {"reps": int(m.group(1)), "fastest_ms": float(m.group(2)), "median_ms": float(m.group(3))}
+
+
+def bench_eval(a, optc: str, optc_err: str | None, only: set[str]) -> dict:
+    res: dict = {"name": "eval", "reps": a.eval_reps, "models": []}
+    if not optc_err:
+        optc_err = optc_run_flags(optc)
+        if optc_err:
+            log(f"eval: {optc_err}")
+    res["optc_error"] = optc_err
+    reps = str(a.eval_reps)
+    for stem, path in find_models(a.models_dir, only, EVAL_PRIMARY):
+        mres: dict = {"model": stem, "path": path, "primary": stem in EVAL_PRIMARY, "tools": {}}
+        res["models"].append(mres)
+        if path is None:
+            mres["error"] = "not in the model cache (run scripts/fetch_models.py)"
+            log(f"eval: {stem}: missing from {a.models_dir}")
+            continue
+        d = os.path.join(a.out_dir, "eval", stem)
+        rm(d)
+        ind = os.path.join(d, "inputs")
+        m = measure([PY, ORT_RUN, "inputs", path, ind, "--seed", str(a.seed)], a.timeout)
+        ij = last_json(m["stdout"]) if m["ok"] else None
+        if not ij:
+            mres["error"] = "input generation failed: " + fail_reason(m)
+            log(f"eval: {stem}: {mres['error']}")
+            continue
+        mres["inputs"] = ij["inputs"]
+        out_optc = os.path.join(d, "out-optc")
+        out_ref = os.path.join(d, "out-ort-basic")
+        cmds = {
+            "optc": [optc, "run", path] + [x for i in ij["inputs"] for x in ("--input", f"{i['name']}={i['file']}")]
+            + ["--threads", "1", "--repeat", reps, "-o", out_optc],
+            "ort-basic": [PY, ORT_RUN, "run", path, ind, "--level", "basic", "--reps", reps, "--save-outputs", out_ref],
+            "ort-all": [PY, ORT_RUN, "run", path, ind, "--level", "all", "--reps", reps],
+        }
+        mres["load1"] = os.getloadavg()[0]
+        for tool, cmd in cmds.items():
+            t: dict = {"cmd": shcmd(cmd)}
+            mres["tools"][tool] = t
+            if tool == "optc" and optc_err:
+                t.update(ok=False, reason=optc_err)
+                continue
+            m = measure(cmd, a.timeout)
+            t.update(ok=m["ok"], wall_s=m["wall_s"], maxrss_kb=m["maxrss_kb"], cpu_s=m["cpu_s"])
+            if not m["ok"]:
+                t["reason"] = fail_reason(m)
+                continue
+            timing = parse_optc_ran(m["stdout"]) if tool == "optc" else last_json(m["stdout"])
+            if not timing or timing.get("median_ms") is None:
+                t.update(ok=False, reason="exit 0 but no timing in its output: "
+                         + esc((m["stdout"].strip().splitlines() or [""])[-1][:120]))
+                continue
+            t.update(timing)
+        if mres["tools"]["optc"].get("ok") and mres["tools"]["ort-basic"].get("ok"):
+            c = measure([PY, ORT_RUN, "compare", out_ref, out_optc], a.timeout)
+            mres["check"] = last_json(c["stdout"]) or {"max_rel_diff": None, "error": fail_reason(c)}
+        summary = ", ".join(f"{k}={v['median_ms']:.2f}ms" if v.get("ok") else f"{k}=FAILED"
+                            for k, v in mres["tools"].items())
+        log(f"eval: {stem}: {summary}; max rel diff {(mres.get('check') or {}).get('max_rel_diff')}")
+    return res
+
+
+# --------------------------------------------------------------------------- benchmark D: LIFE cost model
+
+
+def bench_life(a, optc: str, optc_err: str | None) -> dict:
+    if optc_err:
+        return {"name": "life", "error": f"optc not available: {optc_err}", "models": []}
+    od = os.path.join(a.out_dir, "life")
+    cmd = [PY, LIFE, "--optc", optc, "--models-dir", a.models_dir, "--out-dir", od, "--seed", str(a.seed),
+           "--budget-s", str(a.life_budget)]
+    log("life: " + shcmd(cmd))
+    try:
+        # stderr (progress) goes straight to the terminal; the last stdout line names the JSON
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=a.timeout * 3)
+    except subprocess.TimeoutExpired:
+        return {"name": "life", "error": f"bench/life.py timed out after {a.timeout * 3:.0f} s", "models": []}
+    j = last_json(r.stdout) or {}
+    if r.returncode != 0 or not j.get("json") or not os.path.exists(j["json"]):
+        return {"name": "life", "error": f"bench/life.py exited {r.returncode}", "models": []}
+    res = json.load(open(j["json"]))
+    res["cmd"] = shcmd(cmd)
+    return res
+
+
 # --------------------------------------------------------------------------- report
 
 def fs(x, nd=2):
@@ -470,7 +598,7 @@ def esc(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def report(a, meta: dict, rt: dict | None, op: dict | None) -> str:
+def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = None, lf: dict | None = None) -> str:
     L: list[str] = []
     w = L.append
     w("# optc benchmarks")
@@ -595,10 +723,10 @@ def report(a, meta: dict, rt: dict | None, op: dict | None) -> str:
             w(f"bench/.venv/bin/python bench/peer.py {t} $M $O")
         w("```")
         w("")
-        w("Note: optc runs only the three cleanup passes named above, while the peers run their whole "
-          "default pipelines (constant folding, Conv+BN and other fusions, ORT's own contrib ops at EXTENDED), "
-          "so the node counts compare different amounts of work; the times compare what each tool does by "
-          "default against optc's cleanup pipeline.")
+        w("optc runs its `O2` preset (`fixpoint(fold,identity,shape-fold,cse,transpose,fuse-bn,fuse-act,dce)`: "
+          "constant folding, clean-up, transpose sinking, BatchNorm/affine folding, activation fusion); the peers "
+          "run their default pipelines (onnxruntime's include its own fusions into contrib ops at EXTENDED, "
+          "which optc does not do yet beyond GELU).")
         w("")
         w("peer.py does: `ort-*`: `SessionOptions.graph_optimization_level = ORT_ENABLE_BASIC|EXTENDED`, "
           "`optimized_model_filepath = $O`, `InferenceSession($M, so, providers=['CPUExecutionProvider'])`; "
@@ -654,6 +782,19 @@ def report(a, meta: dict, rt: dict | None, op: dict | None) -> str:
             matrix("Top-level nodes after (ratio = after / original)", "",
                    lambda m, t, tt: f"{tt.get('nodes', '?')} ({ratio(tt.get('nodes'), m.get('nodes'))})",
                    first_col=("original", lambda m: str(m.get("nodes", "?"))))
+            w("Node count bar (optc no worse than onnxsim and onnxslim on every model):")
+            w("")
+            for m in ran:
+                counts = {t: (m["tools"].get(t) or {}).get("nodes") if (m["tools"].get(t) or {}).get("ok") else None
+                          for t in ("optc", "onnxsim", "onnxslim")}
+                peers = [c for t, c in counts.items() if t != "optc" and c is not None]
+                if counts["optc"] is None or not peers:
+                    verdict = "not measured"
+                else:
+                    verdict = "yes" if counts["optc"] <= min(peers) else "**no**"
+                w(f"- {m['model']}: optc {counts['optc']}, onnxsim {counts['onnxsim']}, "
+                  f"onnxslim {counts['onnxslim']}: {verdict}")
+            w("")
             w("### Python tools in-process, s (median): work = load + optimise + save / opt = optimisation call only")
             w("")
             w("These exclude interpreter start-up and imports; compare with optc's process wall (first column), "
@@ -701,6 +842,19 @@ def report(a, meta: dict, rt: dict | None, op: dict | None) -> str:
                 for mm, t, r in errs:
                     w(f"- {mm} / {TOOL_LABEL[t]} (output check): {esc(r)}")
                 w("")
+    if ev is not None:
+        report_eval(w, a, ev)
+    if lf is not None:
+        import life as life_mod
+        od = os.path.join(a.out_dir, "life")
+        od = os.path.relpath(od, ROOT) if od.startswith(ROOT + os.sep) else od
+        cmd = None
+        if lf.get("cmd"):
+            ob = os.path.abspath(a.optc)
+            ob = os.path.relpath(ob, ROOT) if ob.startswith(ROOT + os.sep) else ob
+            cmd = (f"bench/.venv/bin/python bench/life.py --optc {ob} "
+                   f"--models-dir $OPTC_MODELS --out-dir {od} --seed {a.seed} --budget-s {a.life_budget:g}")
+        L.extend(life_mod.report_lines(lf, od, cmd))
     w("## Bench timings")
     w("")
     for k, s in meta["section_s"].items():
@@ -710,9 +864,122 @@ def report(a, meta: dict, rt: dict | None, op: dict | None) -> str:
     return "\n".join(L) + "\n"
 
 
+def shape_str(inputs: list[dict]) -> str:
+    return "; ".join(f"{i['name']} {'×'.join(str(d) for d in i['shape']) or 'scalar'} {i['dtype']}" for i in inputs)
+
+
+def bar_label(stem: str) -> str:
+    return "PP-OCRv4 det" if stem == "ch_PP-OCRv4_det_infer" else stem
+
+
+def report_eval(w, a, ev: dict) -> None:
+    w("## C. Evaluator speed: optc versus onnxruntime, 1 thread")
+    w("")
+    if ev.get("error"):
+        w(f"**Failed:** {esc(ev['error'])}")
+        w("")
+    reps = ev.get("reps", a.eval_reps)
+    od = os.path.join(a.out_dir, "eval")
+    od = os.path.relpath(od, ROOT) if od.startswith(ROOT + os.sep) else od
+    w(f"Commands (`$M` = the model, `$D` = `{od}/<model>`, R = {reps}):")
+    w("")
+    w("```")
+    w(f"bench/.venv/bin/python bench/ort_run.py inputs $M $D/inputs --seed {a.seed}")
+    w(f"optc run $M --input NAME=$D/inputs/NAME.npy ... --threads 1 --repeat {reps} -o $D/out-optc")
+    w(f"bench/.venv/bin/python bench/ort_run.py run $M $D/inputs --level basic --reps {reps} "
+      "--save-outputs $D/out-ort-basic")
+    w(f"bench/.venv/bin/python bench/ort_run.py run $M $D/inputs --level all --reps {reps}")
+    w("bench/.venv/bin/python bench/ort_run.py compare $D/out-ort-basic $D/out-optc")
+    w("```")
+    w("")
+    w("- Times are per inference, measured inside each process around the run call alone (model loading, "
+      "session creation and input reading excluded), the median of R runs. optc: `optc run --repeat R` "
+      "times R calls of the evaluator (no separate warm-up; the first call is one of the R) on a 1-thread "
+      "kernel pool (`--threads 1`). onnxruntime 1 thread: `SessionOptions` with `intra_op_num_threads = "
+      "inter_op_num_threads = 1`, `execution_mode = ORT_SEQUENTIAL`, CPUExecutionProvider, one warm-up "
+      "`sess.run`, then R timed `sess.run` calls; *ORT BASIC* is `graph_optimization_level = "
+      "ORT_ENABLE_BASIC` (constant folding, redundant-node elimination, no fusions), *ORT ALL* is "
+      "`ORT_ENABLE_ALL` (fusions and layout transforms), for context.")
+    w("- Inputs: seeded random (`numpy.random.default_rng(" + str(a.seed) + ")`; floats standard normal, "
+      "integers uniform in the ranges of `tests/python/optc_helpers.py` `REAL_MODELS`), saved as `.npy` "
+      "and fed to all three; shapes are those of `REAL_MODELS` except PP-OCRv4 det at its intended "
+      "1×3×640×640 (the tests use 320×320).")
+    w("- *max rel diff* = over the model's outputs, max |optc − ORT BASIC| / max |ORT BASIC| (finite values).")
+    w("")
+    models = ev.get("models", [])
+    if ev.get("optc_error"):
+        w(f"optc not run: {esc(ev['optc_error'])}")
+        w("")
+    missing = [m for m in models if m.get("path") is None or (m.get("error") and not m.get("tools"))]
+    if missing:
+        w("Not run: " + "; ".join(f"{m['model']} ({esc(m.get('error', '?'))})" for m in missing))
+        w("")
+    ran = [m for m in models if m.get("tools")]
+
+    def med_of(m, tool):
+        t = m["tools"].get(tool) or {}
+        return t.get("median_ms") if t.get("ok") else None
+
+    def cell(m, tool):
+        t = m["tools"].get(tool) or {}
+        if t.get("ok"):
+            return fs(t.get("median_ms"), 2)
+        if tool == "optc" and ev.get("optc_error"):
+            return "not run"
+        return "failed" if t else "–"
+
+    if ran:
+        w("| model | input shapes | optc median ms | ORT BASIC median ms | ratio optc / ORT BASIC | "
+          "ORT ALL median ms | max rel diff |")
+        w("|---|---|---:|---:|---:|---:|---|")
+        for m in ran:
+            c = m.get("check")
+            if c is None:
+                diff = "–"
+            else:
+                diff = "–" if c.get("max_rel_diff") is None else f"{c['max_rel_diff']:.1e}"
+                if c.get("error"):
+                    diff += f" (**{esc(c['error'][:120])}**)"
+            name = f"**{m['model']}**" if m.get("primary") else m["model"]
+            w(f"| {name} | {esc(shape_str(m.get('inputs', [])))} | {cell(m, 'optc')} | {cell(m, 'ort-basic')} | "
+              f"{ratio(med_of(m, 'optc'), med_of(m, 'ort-basic'))} | {cell(m, 'ort-all')} | {diff} |")
+        w("")
+    w(f"**Bar:** optc's evaluator at most {EVAL_BAR:g}x onnxruntime (ORT_ENABLE_BASIC), 1 thread, on "
+      + ", ".join(bar_label(s) for s in EVAL_PRIMARY[:-1]) + f" and {bar_label(EVAL_PRIMARY[-1])} "
+      "(bold rows above).")
+    w("")
+    by = {m["model"]: m for m in models}
+    for s in EVAL_PRIMARY:
+        m = by.get(s)
+        if m is None:
+            w(f"- {bar_label(s)}: not measured (not selected)")
+            continue
+        o, b = (med_of(m, "optc"), med_of(m, "ort-basic")) if m.get("tools") else (None, None)
+        if o is None or b is None:
+            why = m.get("error") or next((t.get("reason") for t in m.get("tools", {}).values()
+                                          if t and not t.get("ok")), "no timing")
+            w(f"- {bar_label(s)}: **not measured** ({esc(why)})")
+            continue
+        c = m.get("check") or {}
+        wrong = c.get("error") or (c.get("max_rel_diff") is not None and c["max_rel_diff"] > 1e-3)
+        verdict = "**yes**" if o / b <= EVAL_BAR else "**no**"
+        w(f"- {bar_label(s)}: {o:.2f} ms / {b:.2f} ms = {o / b:.2f}× → meets the bar: {verdict}"
+          + (" (but its outputs do not match onnxruntime's, see max rel diff)" if wrong else ""))
+    w("")
+    fails = [(m["model"], k, t.get("reason", "")) for m in ran for k, t in m["tools"].items()
+             if not t.get("ok") and not (k == "optc" and ev.get("optc_error"))]
+    if fails:
+        w("### Failures")
+        w("")
+        for mm, k, r in fails:
+            w(f"- {mm} / {k}: {esc(r)}")
+        w("")
+
+
 # --------------------------------------------------------------------------- main
 
-SECTIONS = {"roundtrip", "big", "optimise", "optimize", "small"}
+SECTIONS = {"roundtrip", "big", "optimise", "optimize", "small", "eval", "life"}
+MODEL_SECTIONS = {"optimise", "optimize", "small", "eval"}
 
 
 def main() -> int:
@@ -726,9 +993,13 @@ def main() -> int:
     ap.add_argument("--report", default=os.path.join(ROOT, "docs", "BENCH.md"))
     ap.add_argument("--quick", action="store_true", help="skip the 2.3 GB round trip")
     ap.add_argument("--only", action="append", default=[],
-                    help="roundtrip | optimise | a model file stem (repeatable, or comma separated)")
+                    help="roundtrip | optimise | eval | life | a model file stem (repeatable, or comma separated); "
+                         "model stems alone select the optimise and eval sections")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--big-reps", type=int, default=1)
+    ap.add_argument("--eval-reps", type=int, default=5, help="timed inference runs per model and tool (eval)")
+    ap.add_argument("--life-budget", type=float, default=1.0,
+                    help="seconds of timed onnxruntime runs per model in the LIFE section (life)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-gb", type=float, default=2.3)
     ap.add_argument("--timeout", type=float, default=600)
@@ -745,7 +1016,11 @@ def main() -> int:
         optc_err = f"optc binary not found at {os.path.relpath(optc, ROOT)}"
 
     want_rt = not a.quick and (not only or bool(only & {"roundtrip", "big"}))
-    want_op = not only or bool(only & {"optimise", "optimize", "small"}) or bool(only - SECTIONS)
+    # model stems alone select every per-model section; with a section named, only the named ones
+    models_only = bool(only - SECTIONS) and not (only & MODEL_SECTIONS)
+    want_op = not only or bool(only & {"optimise", "optimize", "small"}) or models_only
+    want_ev = not only or "eval" in only or models_only
+    want_life = not only or "life" in only
     partial = []
     if a.quick:
         partial.append("--quick: big model round trip skipped")
@@ -758,7 +1033,7 @@ def main() -> int:
     meta["rss_method"] = ("`/usr/bin/time -f %M` (the child's `ru_maxrss` from `wait4(2)`)"
                           if os.access(GNU_TIME, os.X_OK) else
                           "the child's `VmHWM` from /proc, polled every 2 ms (/usr/bin/time was not installed)")
-    rt = op = None
+    rt = op = ev = lf = None
     if want_rt:
         t = time.perf_counter()
         try:
@@ -775,13 +1050,29 @@ def main() -> int:
             op = {"error": f"{type(e).__name__}: {e}", "models": []}
             log(f"optimise crashed: {op['error']}")
         meta["section_s"]["B. optimise (all runs, node counts, output checks)"] = time.perf_counter() - t
+    if want_ev:
+        t = time.perf_counter()
+        try:
+            ev = bench_eval(a, optc, optc_err, only)
+        except Exception as e:  # noqa: BLE001
+            ev = {"error": f"{type(e).__name__}: {e}", "models": []}
+            log(f"eval crashed: {ev['error']}")
+        meta["section_s"]["C. evaluator speed (inputs, runs, output checks)"] = time.perf_counter() - t
+    if want_life:
+        t = time.perf_counter()
+        try:
+            lf = bench_life(a, optc, optc_err)
+        except Exception as e:  # noqa: BLE001
+            lf = {"name": "life", "error": f"{type(e).__name__}: {e}", "models": []}
+            log(f"life crashed: {lf['error']}")
+        meta["section_s"]["D. LIFE predicted vs measured (calibration, runs, optc cost)"] = time.perf_counter() - t
     meta["total_s"] = time.perf_counter() - t_all
     meta["loadavg"] = [load0, os.getloadavg()[0]]
-    json.dump({"meta": meta, "roundtrip": rt, "optimise": op}, open(os.path.join(a.out_dir, "results.json"), "w"),
+    json.dump({"meta": meta, "roundtrip": rt, "optimise": op, "eval": ev, "life": lf}, open(os.path.join(a.out_dir, "results.json"), "w"),
               indent=1, default=str)
     os.makedirs(os.path.dirname(a.report), exist_ok=True)
     with open(a.report, "w") as f:
-        f.write(report(a, meta, rt, op))
+        f.write(report(a, meta, rt, op, ev, lf))
     log(f"wrote {os.path.relpath(a.report, ROOT)} and {os.path.relpath(os.path.join(a.out_dir, 'results.json'), ROOT)}")
     return 0
 

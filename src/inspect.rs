@@ -81,10 +81,10 @@ pub fn summary_table(b: &Stats, a: &Stats) -> String {
 /// External data files referenced by a graph and its subgraphs.
 pub fn external_files(g: &Graph, out: &mut BTreeSet<String>) {
     for &v in &g.initializers {
-        if let Some(Init::Dense(t)) = &g.value(v).init {
-            if let TensorData::External { reference, .. } = &t.data {
-                out.insert(reference.location.clone());
-            }
+        if let Some(Init::Dense(t)) = &g.value(v).init
+            && let TensorData::External { reference, .. } = &t.data
+        {
+            out.insert(reference.location.clone());
         }
     }
     for n in g.nodes() {
