@@ -488,6 +488,10 @@ def target_fields(toml_text: str) -> dict:
 
 # --------------------------------------------------------------------------- calibration
 
+# Relative latency change below which a before/after pair counts as "no change".
+PAIR_NOISE = 0.03
+
+
 def fit(micro: list[dict], base: dict) -> dict:
     """Closed-form, iterated fit of eff_compute, eff_memory, launch_overhead_us.
 
@@ -624,7 +628,7 @@ def run(a) -> dict:
     # ---- models: calibration micro-benchmarks, then the evaluation models
     t0 = time.perf_counter()
     micro_rows = []
-    timers: list[tuple[dict, Timer]] = []
+    timers: list[tuple[dict, Timer, str]] = []
     for stem, kind, build in micro_models(a.seed):
         p = os.path.join(mdir, stem + ".onnx")
         m = build()
@@ -632,7 +636,7 @@ def run(a) -> dict:
         c = optc_cost(a.optc, p, "cpu", {})
         row = {"model": stem, "kind": kind, "nodes": c["_nodes"], "builtin_ms": c["ms"]}
         micro_rows.append(row)
-        timers.append((row, Timer(p, make_feeds(m, stem, a.seed))))
+        timers.append((row, Timer(p, make_feeds(m, stem, a.seed)), ""))
     evals = []
     for stem in CACHE_ORDER + sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(a.models_dir, "*.onnx"))):
         if stem in SKIP_CACHE or any(e[0] == stem for e in evals):
@@ -661,7 +665,19 @@ def run(a) -> dict:
             else:
                 row["optc_model"] = p
             row["_feeds"] = feeds
-            timers.append((row, Timer(p, feeds)))
+            timers.append((row, Timer(p, feeds), ""))
+            # The same model after `optc opt -p O2`, timed alongside, for the before/after pairs.
+            o2 = os.path.join(mdir, stem + ".o2.onnx")
+            ro = subprocess.run([a.optc, "opt", row["optc_model"], "-p", "O2", "-o", o2, "-q"], capture_output=True,
+                                text=True, timeout=600)
+            if ro.returncode == 0:
+                row["nodes"] = len(onnx.load(row["optc_model"], load_external_data=False).graph.node)
+                row["nodes_o2"] = len(onnx.load(o2, load_external_data=False).graph.node)
+                # A pass that changed nothing makes no before/after pair.
+                if row["nodes_o2"] != row["nodes"]:
+                    timers.append((row, Timer(o2, feeds), "_o2"))
+            else:
+                row["o2_error"] = f"optc opt -p O2 exited {ro.returncode}: {ro.stderr.strip()[-200:]}"
         except Exception as e:  # noqa: BLE001
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             log(f"{stem}: {row['error']}")
@@ -670,16 +686,16 @@ def run(a) -> dict:
     t0 = time.perf_counter()
     res["rounds"] = a.rounds
     for k in range(a.rounds):
-        for row, tmr in timers:
+        for row, tmr, _ in timers:
             try:
                 tmr.round(a.budget_s / a.rounds, max(2, 5 // a.rounds + (5 % a.rounds > k)), max(1, 500 // a.rounds))
             except Exception as e:  # noqa: BLE001
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"timing round {k + 1}/{a.rounds} done")
-    for row, tmr in timers:
+    for row, tmr, suffix in timers:
         if tmr.wall:
-            row["timing"] = tmr.result()
-            row["measured_ms"] = row["timing"]["cpu_ms"]
+            row["timing" + suffix] = tmr.result()
+            row["measured" + suffix + "_ms"] = row["timing" + suffix]["cpu_ms"]
     del timers
     res["timing_s"] = time.perf_counter() - t0
     for row in micro_rows:
@@ -714,11 +730,8 @@ def run(a) -> dict:
             except Exception as e:  # noqa: BLE001
                 row["ort_profile_error"] = f"{type(e).__name__}: {e}"
             o2 = os.path.join(mdir, stem + ".o2.onnx")
-            ro = subprocess.run([a.optc, "opt", row["optc_model"], "-p", "O2", "-o", o2, "-q"], capture_output=True,
-                                text=True, timeout=600)
-            if ro.returncode != 0:
+            if row.get("o2_error") or not os.path.exists(o2):
                 o2 = None
-                row["o2_error"] = f"optc opt -p O2 exited {ro.returncode}: {ro.stderr.strip()[-200:]}"
             variants = [("calibrated", row["optc_model"], tpath), ("builtin", row["optc_model"], "cpu"),
                         ("calibrated_orig", p, tpath)]
             if o2:
@@ -743,6 +756,21 @@ def run(a) -> dict:
         row.pop("_feeds", None)
     rows = [r for r in res["models"] if not r.get("error")]
     res["stats"] = {k: stats(rows, k) for k in ("calibrated", "builtin", "calibrated_orig", "calibrated_o2")}
+    # Before/after pairs: does LIFE predict the direction of O2's effect on the measured latency?
+    # A change within +-NOISE of the original counts as "no change" on both sides.
+    pairs = []
+    for r in rows:
+        m1, m2 = r.get("measured_ms"), r.get("measured_o2_ms")
+        p1, p2 = (r.get("calibrated") or {}).get("ms"), (r.get("calibrated_o2") or {}).get("ms")
+        if None in (m1, m2, p1, p2) or not m1 or not p1:
+            continue
+        dm, dp = (m2 - m1) / m1, (p2 - p1) / p1
+
+        def direction(d):
+            return 0 if abs(d) < PAIR_NOISE else (1 if d > 0 else -1)
+        pairs.append({"model": r["model"], "measured_change": dm, "predicted_change": dp,
+                      "right": direction(dm) == direction(dp)})
+    res["pairs"] = pairs
     fams = sorted({r["family"] for r in rows})
     res["stats_by_family"] = {f: stats([r for r in rows if r["family"] == f], "calibrated") for f in fams}
     res["stats_by_family_o2"] = {f: stats([r for r in rows if r["family"] == f], "calibrated_o2") for f in fams}
@@ -888,6 +916,29 @@ def report_lines(res: dict, out_rel: str, cmd: str | None = None) -> list[str]:
               f"{o2} |")
         w("")
     # per op type
+    pairs = res.get("pairs") or []
+    if pairs:
+        right = sum(1 for p in pairs if p["right"])
+        w("### Before/after pairs: `optc opt -p O2`")
+        w("")
+        w(f"Each model that `O2` changes (node count differs) and its `O2` output, both timed with onnxruntime as above (interleaved) and predicted with the "
+          f"calibrated target. A change smaller than {PAIR_NOISE:.0%} counts as \"no change\" on either side; the "
+          f"direction is right when measured and predicted agree (faster / no change / slower). onnxruntime at "
+          f"ORT_ENABLE_ALL already folds BatchNorm and fuses activations itself, so several pairs show no measured "
+          f"change.")
+        w("")
+        w("| model | nodes before → after | measured change | predicted change | direction right |")
+        w("|---|---|---:|---:|---|")
+        by_name = {r["model"]: r for r in rows}
+        for p in pairs:
+            r = by_name.get(p["model"], {})
+            w(f"| {p['model']} | {r.get('nodes')} → {r.get('nodes_o2')} | {p['measured_change']:+.1%} | "
+              f"{p['predicted_change']:+.1%} | "
+              f"{'yes' if p['right'] else '**no**'} |")
+        w("")
+        w(f"**Direction right in {right} of {len(pairs)} pairs ({right / len(pairs):.0%}; bar >= 90 %: "
+          f"{'met' if right >= 0.9 * len(pairs) else '**not met**'}).**")
+        w("")
     agg: dict = {}
     for r in rows:
         if r.get("error") or not r.get("ort_profile") or not (r.get("calibrated") or {}).get("by_op"):

@@ -100,6 +100,15 @@ pub struct Analysis {
 /// Unbound symbols take [`UNBOUND_DIM_DEFAULT`] and are listed in [`Analysis::unbound_dims`].
 /// If/Loop/Scan bodies are counted once (flagged); of an If's branches, the costlier is counted.
 pub fn analyze(graph: &Graph, opset: i64, dims: &HashMap<String, i64>) -> Analysis {
+    // Bind the user's dims in the declared types before inference, so that shapes the symbolic
+    // arithmetic cannot express (a strided Conv over `height`) come out as numbers.
+    let bound;
+    let graph = if dims.is_empty() {
+        graph
+    } else {
+        bound = bind_dims(graph, dims);
+        &bound
+    };
     let mut cx = Ctx { dims, opset, unbound: BTreeSet::new() };
     let scope = Scope { g: graph, facts: infer::infer(graph, opset), parent: None, prefix: String::new() };
     let mut nodes = Vec::new();
@@ -109,6 +118,28 @@ pub fn analyze(graph: &Graph, opset: i64, dims: &HashMap<String, i64>) -> Analys
         outs.push(scope.qual(d.value));
     }
     Analysis { nodes, graph_outputs: outs, unbound_dims: cx.unbound.into_iter().collect() }
+}
+
+/// A copy of `graph` whose declared types (inputs, outputs, value_info) have the symbols of
+/// `dims` replaced by their values. Tensor data is shared, not copied.
+fn bind_dims(graph: &Graph, dims: &HashMap<String, i64>) -> Graph {
+    let mut g = graph.clone();
+    let decls: Vec<optc_ir::ValueId> =
+        g.inputs.iter().chain(&g.outputs).chain(&g.value_info).map(|d| d.value).collect();
+    for v in decls {
+        if let Some(ty) = g.value_mut(v).ty.as_mut()
+            && let optc_ir::TypeKind::Tensor { shape: Some(shape), .. } = &mut ty.kind
+        {
+            for d in shape.iter_mut() {
+                if let optc_ir::DimValue::Sym(s) = &d.value
+                    && let Some(&n) = dims.get(s)
+                {
+                    d.value = optc_ir::DimValue::Known(n);
+                }
+            }
+        }
+    }
+    g
 }
 
 impl Analysis {

@@ -264,3 +264,23 @@ fn loop_bodies_are_counted_once_and_flagged() {
     assert!(mm.name.contains('/'));
     assert_eq!(mm.ops, 2.0 * 16.0 * 16.0 * 16.0);
 }
+
+#[test]
+fn bound_dims_flow_through_strided_convs() {
+    // x[1, 3, h, w] -> Conv 3x3 stride 2 pad 1 -> y: with h = w = 64 the output is 32x32, a
+    // size the symbolic arithmetic cannot express without the binding.
+    let mut b = GraphBuilder::new("conv");
+    let x = b.input("x", DType::F32, vec![Dim::known(1), Dim::known(3), Dim::sym("h"), Dim::sym("w")]).unwrap();
+    let w = b.init_f32("w", &[8, 3, 3, 3], &[0.0; 8 * 27]).unwrap();
+    let attrs = vec![Attribute::ints("strides", vec![2, 2]), Attribute::ints("pads", vec![1, 1, 1, 1])];
+    let c = b.op(Op::Conv, &[x, w], attrs).unwrap();
+    let r = b.op(Op::Relu, &[c], vec![]).unwrap();
+    b.output(r, "y", None).unwrap();
+    let g = b.finish();
+    let dims: HashMap<String, i64> = [("h".to_string(), 64), ("w".to_string(), 64)].into();
+    let a = analyze(&g, 21, &dims);
+    let conv = &a.nodes[0];
+    assert_eq!(conv.ops, 2.0 * (8.0 * 32.0 * 32.0) * 27.0, "{conv:?}");
+    assert!(!conv.flags.contains(&Flag::ShapeEstimated), "{:?}", conv.flags);
+    assert!(a.unbound_dims.is_empty(), "{:?}", a.unbound_dims);
+}
