@@ -55,19 +55,42 @@ fn mergeable(op: &Op) -> bool {
     ) && !op.is_opaque()
 }
 
+/// A hash of up to 3 x 64 bytes (start, middle, end): enough to tell most different tensors
+/// apart without reading them whole.
+fn sample_hash(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let n = b.len();
+    let w = 64.min(n);
+    b[..w].hash(&mut h);
+    b[n / 2 - w / 2..n / 2 - w / 2 + w].hash(&mut h);
+    b[n - w..].hash(&mut h);
+    h.finish()
+}
+
 fn cse_graph(g: &mut Graph, cx: &mut PassContext) -> usize {
     let mut rewrites = 0;
-    // Identical initializers (not graph inputs, which callers may override).
-    let mut seen: HashMap<(i32, Vec<i64>, Vec<u8>), ValueId> = HashMap::new();
+    // Identical initializers (not graph inputs, which callers may override). Candidates are
+    // grouped by type, dims, size and a hash of a few sampled bytes; only same-group tensors
+    // are compared byte for byte, so nothing is copied.
+    let mut seen: HashMap<(i32, Vec<i64>, usize, u64), Vec<ValueId>> = HashMap::new();
     for v in g.initializers.clone() {
         if g.is_graph_input(v) || g.is_graph_output(v) {
             continue;
         }
-        let Some(t) = g.value(v).tensor() else { continue };
-        let Some(bytes) = t.packed_bytes() else { continue };
-        let key = (t.dtype.onnx_code(), t.dims.clone(), bytes.into_owned());
-        match seen.get(&key) {
-            Some(&first) => {
+        let (key, dup) = {
+            let Some(t) = g.value(v).tensor() else { continue };
+            let Some(bytes) = t.packed_bytes() else { continue };
+            let key = (t.dtype.onnx_code(), t.dims.clone(), bytes.len(), sample_hash(&bytes));
+            let dup = seen.get(&key).and_then(|cands| {
+                cands.iter().copied().find(|&f| {
+                    g.value(f).tensor().and_then(|ft| ft.packed_bytes()).is_some_and(|fb| fb[..] == bytes[..])
+                })
+            });
+            (key, dup)
+        };
+        match dup {
+            Some(first) => {
                 if !cx.rewrite() {
                     return rewrites;
                 }
@@ -77,9 +100,7 @@ fn cse_graph(g: &mut Graph, cx: &mut PassContext) -> usize {
                 g.remove_value(v);
                 rewrites += 1;
             }
-            None => {
-                seen.insert(key, v);
-            }
+            None => seen.entry(key).or_default().push(v),
         }
     }
     // Identical nodes, in topological order so chains merge in one sweep.

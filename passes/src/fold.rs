@@ -59,6 +59,9 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext, max_bytes: u64, s
         Ok(o) => o,
         Err(_) => return 0,
     };
+    // Inferred output sizes let oversized results be rejected before evaluating anything
+    // (dequantising a large weight, say, on every fixpoint round).
+    let facts = optc_ir::infer::infer(g, opset);
     let mut folded = 0;
     for n in order {
         if !g.contains_node(n) {
@@ -70,6 +73,31 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext, max_bytes: u64, s
         }
         let outs: Vec<_> = node.outputs().to_vec();
         if outs.is_empty() || outs.iter().flatten().any(|&o| g.is_graph_output(o)) {
+            continue;
+        }
+        let const_bytes: Option<u64> =
+            node.inputs().iter().flatten().map(|&v| g.const_tensor(v).map(|t| t.byte_size())).sum();
+        let Some(const_bytes) = const_bytes else { continue };
+        let estimate: Option<u64> = outs
+            .iter()
+            .flatten()
+            .map(|&o| {
+                let ty = facts.ty(o)?;
+                let count = ty.shape()?.iter().try_fold(1u64, |acc, d| {
+                    d.as_known().and_then(|k| u64::try_from(k).ok()).and_then(|k| acc.checked_mul(k))
+                })?;
+                ty.elem()?.storage_bytes(count)
+            })
+            .sum();
+        // A Constant's value is already in the model: lifting it to an initializer never grows it.
+        let const_bytes = if node.op == Op::Constant { u64::MAX } else { const_bytes };
+        if let Some(est) = estimate
+            && (est > max_bytes || (est > small && est > const_bytes))
+        {
+            let (op, name) = (node.op.clone(), node.display_name());
+            cx.note(|| {
+                format!("{op} '{name}' not folded: result of {est} B would grow the model (inputs {const_bytes} B)")
+            });
             continue;
         }
         let mut inputs = Vec::with_capacity(node.inputs().len());
@@ -104,6 +132,7 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext, max_bytes: u64, s
         let tensors: Option<Vec<Tensor>> = results.into_iter().map(Value::into_tensor).collect();
         let Some(tensors) = tensors else { continue };
         let out_bytes: u64 = tensors.iter().map(|t| t.to_le_bytes().len() as u64).sum();
+        let in_bytes = if g.node(n).op == Op::Constant { u64::MAX } else { in_bytes };
         if out_bytes > max_bytes || (out_bytes > small && out_bytes > in_bytes) {
             let (op, name) = (g.node(n).op.clone(), g.node(n).display_name());
             cx.note(|| {
