@@ -34,16 +34,13 @@ pub struct CostArgs {
     llm: String,
 }
 
+/// `--dim` bindings for the cost model: as `optc run` parses them, and every size positive.
 pub fn parse_dims(dims: &[String]) -> anyhow::Result<HashMap<String, i64>> {
-    dims.iter()
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| {
-            let (k, v) = d.split_once('=').with_context(|| format!("--dim '{d}' must be SYM=N"))?;
-            let n: i64 = v.trim().parse().with_context(|| format!("--dim '{d}': N must be an integer"))?;
-            anyhow::ensure!(n > 0, "--dim '{d}': N must be positive");
-            Ok((k.trim().to_string(), n))
-        })
-        .collect()
+    let dims = crate::runcmd::parse_dims(dims)?;
+    if let Some((k, n)) = dims.iter().find(|&(_, &n)| n <= 0) {
+        anyhow::bail!("--dim '{k}={n}': N must be positive");
+    }
+    Ok(dims)
 }
 
 struct Workload {

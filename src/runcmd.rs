@@ -57,8 +57,10 @@ pub struct VerifyArgs {
     atol: f64,
 }
 
-fn parse_dims(dims: &[String]) -> anyhow::Result<HashMap<String, i64>> {
+/// `--dim SYM=N` bindings (empty pieces, as from a trailing comma, are skipped).
+pub fn parse_dims(dims: &[String]) -> anyhow::Result<HashMap<String, i64>> {
     dims.iter()
+        .filter(|d| !d.trim().is_empty())
         .map(|d| {
             let (k, v) = d.split_once('=').with_context(|| format!("--dim '{d}' must be SYM=N"))?;
             Ok((

@@ -647,28 +647,8 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                     Some(p) => p.iter().map(|&x| usize::try_from(x).ok()).collect::<Option<Vec<_>>>()?,
                     None => (0..rank).rev().collect(),
                 };
-                if perm.len() != rank || perm.iter().any(|&p| p >= rank) {
-                    return None;
-                }
-                let out_dims: Vec<usize> = perm.iter().map(|&p| v.dims[p]).collect();
-                let mut strides = vec![1usize; rank];
-                for i in (0..rank.saturating_sub(1)).rev() {
-                    strides[i] = strides[i + 1] * v.dims[i + 1];
-                }
-                let mut data = Vec::with_capacity(v.data.len());
-                let mut idx = vec![0usize; rank];
-                for _ in 0..v.data.len() {
-                    let src: usize = (0..rank).map(|i| idx[i] * strides[perm[i]]).sum();
-                    data.push(v.data.get(src)?.clone());
-                    for i in (0..rank).rev() {
-                        idx[i] += 1;
-                        if idx[i] < out_dims[i] {
-                            break;
-                        }
-                        idx[i] = 0;
-                    }
-                }
-                Some(SymTensor { dtype: v.dtype, dims: out_dims, data })
+                let (data, dims) = crate::tensor::transpose_elems(&v.data, &v.dims, &perm)?;
+                Some(SymTensor { dtype: v.dtype, dims, data })
             });
             vec![(ttype(elem(0), s), value)]
         }

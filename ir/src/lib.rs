@@ -29,7 +29,7 @@ pub use graph::{Decl, Graph, Init, Node, NodeId, NodeSpec, Use, Value, ValueId};
 pub use model::{MetaProp, Model, OpsetImport};
 pub use op::{AttrKind, Op};
 pub use raw::{RawField, RawFields};
-pub use tensor::{ExternalRef, SparseTensor, Tensor, TensorData, TypedData};
+pub use tensor::{ExternalRef, SparseTensor, Tensor, TensorData, TypedData, transpose_elems};
 pub use types::{Dim, DimValue, Shape, Type, TypeKind};
 
 pub use bytes::Bytes;

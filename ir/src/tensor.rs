@@ -175,3 +175,36 @@ pub struct SparseTensor {
     pub dims: Vec<i64>,
     pub extra: RawFields,
 }
+
+/// Elements of a row-major array with `dims`, transposed the ONNX way: the result has
+/// `out_dims[i] = dims[perm[i]]`. `None` when `perm` is not a permutation of the axes or
+/// `data` does not hold `dims` elements.
+pub fn transpose_elems<T: Clone>(data: &[T], dims: &[usize], perm: &[usize]) -> Option<(Vec<T>, Vec<usize>)> {
+    let rank = dims.len();
+    let mut seen = vec![false; rank];
+    if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
+        return None;
+    }
+    if data.len() != dims.iter().product::<usize>() {
+        return None;
+    }
+    let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * dims[i + 1];
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut idx = vec![0usize; rank];
+    for _ in 0..data.len() {
+        let src: usize = (0..rank).map(|i| idx[i] * strides[perm[i]]).sum();
+        out.push(data[src].clone());
+        for i in (0..rank).rev() {
+            idx[i] += 1;
+            if idx[i] < out_dims[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+    Some((out, out_dims))
+}

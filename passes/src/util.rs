@@ -81,15 +81,10 @@ pub fn forward_output(g: &mut Graph, n: NodeId, src: ValueId) -> bool {
         Some(o) => o,
         None => return false,
     };
+    if !can_forward_output(g, n, src) {
+        return false;
+    }
     if g.is_graph_output(out) {
-        let src_is_free = g.producer(src).is_some()
-            && !g.is_graph_output(src)
-            && !g.is_graph_input(src)
-            && g.value(src).init.is_none()
-            && !g.value(src).outer;
-        if !src_is_free {
-            return false;
-        }
         g.replace_uses(out, src);
         let name = g.value(out).name.clone();
         let ty = g.value(out).ty.clone();

@@ -68,29 +68,12 @@ pub(crate) fn align(dims: &[i64], rank: usize) -> Option<Vec<i64>> {
 }
 
 /// Permutes a constant (`data` with `dims`, already right-aligned) so that
-/// `out.dims[i] = dims[perm[i]]` (the ONNX Transpose semantics).
-pub(crate) fn permute(data: &[f32], dims: &[i64], perm: &[usize]) -> (Vec<f32>, Vec<i64>) {
-    let rank = dims.len();
-    let out_dims: Vec<i64> = perm.iter().map(|&p| dims[p]).collect();
-    let mut in_strides = vec![1usize; rank];
-    for i in (0..rank.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * dims[i + 1].max(0) as usize;
-    }
-    let n = data.len();
-    let mut out = Vec::with_capacity(n);
-    let mut idx = vec![0usize; rank];
-    for _ in 0..n {
-        let src: usize = (0..rank).map(|i| idx[i] * in_strides[perm[i]]).sum();
-        out.push(data[src]);
-        for i in (0..rank).rev() {
-            idx[i] += 1;
-            if (idx[i] as i64) < out_dims[i] {
-                break;
-            }
-            idx[i] = 0;
-        }
-    }
-    (out, out_dims)
+/// `out.dims[i] = dims[perm[i]]` (the ONNX Transpose semantics). `None` on a bad
+/// permutation, negative dims or a size mismatch.
+pub(crate) fn permute(data: &[f32], dims: &[i64], perm: &[usize]) -> Option<(Vec<f32>, Vec<i64>)> {
+    let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+    let (out, out_dims) = optc_ir::transpose_elems(data, &dims, perm)?;
+    Some((out, out_dims.into_iter().map(|d| d as i64).collect()))
 }
 
 /// Values of a constant broadcast along one axis: `Some(per-index values)` of length `len`
@@ -117,10 +100,10 @@ mod tests {
     #[test]
     fn permute_matches_transpose_semantics() {
         // dims [2, 3] -> perm [1, 0] -> [3, 2]
-        let (d, dims) = permute(&[0., 1., 2., 3., 4., 5.], &[2, 3], &[1, 0]);
+        let (d, dims) = permute(&[0., 1., 2., 3., 4., 5.], &[2, 3], &[1, 0]).unwrap();
         assert_eq!(dims, vec![3, 2]);
         assert_eq!(d, vec![0., 3., 1., 4., 2., 5.]);
-        let (d, dims) = permute(&[1., 2., 3.], &[1, 1, 3], &[0, 2, 1]);
+        let (d, dims) = permute(&[1., 2., 3.], &[1, 1, 3], &[0, 2, 1]).unwrap();
         assert_eq!(dims, vec![1, 3, 1]);
         assert_eq!(d, vec![1., 2., 3.]);
     }

@@ -191,7 +191,7 @@ fn step(g: &mut Graph, t: NodeId, cx: &mut PassContext) -> Step {
             for (j, &pj) in p.iter().enumerate() {
                 inv[pj] = j;
             }
-            let (data, new_dims) = permute(&k, &dims, &inv);
+            let Some((data, new_dims)) = permute(&k, &dims, &inv) else { return Step::None };
             let base = format!("{}_t", g.value(other).name);
             let Some(k2) = super::add_f32(g, &base, new_dims, &data) else { return Step::None };
             inputs[1 - slot] = Some(k2);
