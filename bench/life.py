@@ -56,7 +56,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from ort_run import SHAPES  # noqa: E402  (cache model input shapes, shared with benchmark C)
+from ort_run import SHAPES, random_input  # noqa: E402  (shared with benchmark C)
 
 OPSET = 17
 MED_BAR = 20.0  # median |error| %, at most
@@ -265,7 +265,6 @@ def input_dims(model) -> list[tuple[str, list]]:
 
 
 def make_feeds(model, stem: str, seed: int) -> dict:
-    from onnx import helper
     specs = SHAPES.get(stem, {})
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
@@ -273,22 +272,7 @@ def make_feeds(model, stem: str, seed: int) -> dict:
     for i in model.graph.input:
         if i.name in inits:
             continue
-        tt = i.type.tensor_type
-        dt = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        spec = specs.get(i.name, {})
-        shape = list(spec["shape"]) if "shape" in spec else [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
-        if "value" in spec:
-            x = np.full(shape, spec["value"], dtype=dt)
-        elif dt.kind == "f":
-            x = rng.standard_normal(shape).astype(dt)
-        elif dt.kind in "iu":
-            x = rng.integers(spec.get("low", 0), spec.get("high", 10), size=shape).astype(dt)
-        elif dt.kind == "b":
-            x = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            raise ValueError(f"input {i.name}: cannot generate dtype {dt}")
-        feeds[i.name] = x
+        feeds[i.name] = random_input(rng, i, specs.get(i.name, {}))
     return feeds
 
 

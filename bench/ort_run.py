@@ -63,9 +63,30 @@ def stem_of(model: str) -> str:
     return b[:-5] if b.endswith(".onnx") else b
 
 
+def random_input(rng, vi, spec: dict):
+    """A seeded random value for graph input `vi` (a ValueInfoProto): shape from `spec` or the
+    model (symbolic and unknown dims -> 1), `spec` "value" fills, "low"/"high" bound integers."""
+    from onnx import helper
+
+    tt = vi.type.tensor_type
+    dt = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    if "shape" in spec:
+        shape = list(spec["shape"])
+    else:
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+    if "value" in spec:
+        return np.full(shape, spec["value"], dtype=dt)
+    if dt.kind == "f":
+        return rng.standard_normal(shape).astype(dt)
+    if dt.kind in "iu":
+        return rng.integers(spec.get("low", 0), spec.get("high", 10), size=shape).astype(dt)
+    if dt.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    raise ValueError(f"input {vi.name}: cannot generate dtype {dt}")
+
+
 def cmd_inputs(a) -> dict:
     import onnx
-    from onnx import helper
 
     m = onnx.load(a.model, load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
@@ -76,23 +97,7 @@ def cmd_inputs(a) -> dict:
     for i in m.graph.input:
         if i.name in inits:
             continue
-        tt = i.type.tensor_type
-        dt = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        spec = specs.get(i.name, {})
-        if "shape" in spec:
-            shape = list(spec["shape"])
-        else:
-            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
-        if "value" in spec:
-            x = np.full(shape, spec["value"], dtype=dt)
-        elif dt.kind == "f":
-            x = rng.standard_normal(shape).astype(dt)
-        elif dt.kind in "iu":
-            x = rng.integers(spec.get("low", 0), spec.get("high", 10), size=shape).astype(dt)
-        elif dt.kind == "b":
-            x = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            raise ValueError(f"input {i.name}: cannot generate dtype {dt}")
+        x = random_input(rng, i, specs.get(i.name, {}))
         f = os.path.join(a.dir, file_name(i.name) + ".npy")
         np.save(f, x)
         out.append({"name": i.name, "file": f, "shape": list(x.shape), "dtype": str(x.dtype)})
