@@ -7,9 +7,16 @@ Benchmarks
              (bench/gen_big_transformer.py): `optc opt M -p "" -o OUT` versus
              onnx.load + onnx.save(save_as_external_data=True), then a
              streaming identity check of each output against the input.
-  optimise   every model in the model cache: `optc opt M -p O2`
-             versus onnxruntime offline optimisation (BASIC, EXTENDED),
-             onnxsim, onnxslim and onnxoptimizer.
+  optimise   every model in the model cache and every `optc gen --list`
+             family but tiny-cnn: `optc opt M -p OPTC_PIPELINE` (O2) versus
+             onnxruntime offline optimisation (BASIC, EXTENDED), onnxsim,
+             onnxslim, onnxoptimizer and, on transformer models,
+             onnxruntime's transformers optimizer (bench/peer_transformers.py);
+             then bench/opt_latency.py per model: onnx.checker, outputs at
+             ORT_DISABLE_ALL and ORT_ENABLE_ALL against the original's, and
+             1-thread ORT_ENABLE_ALL latency of the original and the outputs
+             (interleaved rounds, thread CPU time); the report states the
+             fusion bars (node count, outputs, latency, tool time).
   eval       inference speed of optc's evaluator against onnxruntime, one
              thread, same seeded inputs (bench/ort_run.py inputs):
              `optc run M --input ... --threads 1 --repeat R` versus
@@ -51,7 +58,10 @@ ROOT = os.path.dirname(HERE)
 PY = sys.executable
 ORT_RUN = os.path.join(HERE, "ort_run.py")
 LIFE = os.path.join(HERE, "life.py")
+OPT_LATENCY = os.path.join(HERE, "opt_latency.py")
+PEER_TRANSFORMERS = os.path.join(HERE, "peer_transformers.py")
 
+# benchmark B: the optc pipeline under test (`optc opt M -p OPTC_PIPELINE`); a preset name or a pipeline
 OPTC_PIPELINE = "O2"
 PRIMARY_MODELS = ["paraphrase-MiniLM-L3-v2", "open_nsfw"]
 EXTRA_ORDER = ["ch_ppocr_mobile_v2.0_cls_infer", "ch_PP-OCRv4_det_infer", "ch_PP-OCRv4_rec_infer",
@@ -59,7 +69,7 @@ EXTRA_ORDER = ["ch_ppocr_mobile_v2.0_cls_infer", "ch_PP-OCRv4_det_infer", "ch_PP
 # benchmark C: the models the evaluator-speed bar is measured on (the others in the cache follow)
 EVAL_PRIMARY = ["open_nsfw", "paraphrase-MiniLM-L3-v2", "ch_PP-OCRv4_det_infer"]
 EVAL_BAR = 2.0  # optc median / ORT BASIC median, at most
-PEERS = ["ort-basic", "ort-extended", "onnxsim", "onnxslim", "onnxoptimizer"]
+PEERS = ["ort-basic", "ort-extended", "onnxsim", "onnxslim", "onnxoptimizer", "ort-transformers"]
 TOOLS = ["optc"] + PEERS
 TOOL_LABEL = {
     "optc": f"optc `{OPTC_PIPELINE}`",
@@ -68,7 +78,26 @@ TOOL_LABEL = {
     "onnxsim": "onnxsim",
     "onnxslim": "onnxslim",
     "onnxoptimizer": "onnxoptimizer",
+    "ort-transformers": "ORT transformers",
 }
+# benchmark B bars (the fusion issue)
+BAR_PEERS = ["ort-extended", "onnxslim", "onnxsim"]  # node count: optc / best of these, geomean
+NODE_BAR = 0.9  # geomean optc nodes / best peer nodes, at most
+SLOWER_TOL = 0.02  # optc's output may be at most this much slower than the original (noise)
+LAT_TOOLS = ["optc", "ort-extended", "onnxsim", "onnxslim", "ort-transformers"]  # timed in onnxruntime
+GEN_SKIP = {"tiny-cnn"}  # `optc gen` families not benchmarked
+# transformer models get the onnxruntime transformers optimizer as a peer: model stem (prefix) -> model_type
+TRANSFORMER_TYPES = {"paraphrase-MiniLM-L3-v2": "bert", "bert": "bert", "vit": "vit", "gpt2": "gpt2"}
+
+
+def transformer_type(stem: str, generated: bool) -> str | None:
+    if stem in TRANSFORMER_TYPES:
+        return TRANSFORMER_TYPES[stem]
+    if generated:
+        for pre, mt in TRANSFORMER_TYPES.items():
+            if stem.startswith(pre):
+                return mt
+    return None
 
 
 def log(msg: str) -> None:
@@ -375,7 +404,7 @@ def find_models(models_dir: str, only: set[str], primary: list[str] = PRIMARY_MO
     have = {}
     if os.path.isdir(models_dir):
         for f in sorted(os.listdir(models_dir)):
-            if f.endswith(".onnx"):
+            if f.endswith(".onnx") and ".onnx." not in f:  # not derived files like M.onnx.ortall.onnx
                 have[f[:-5]] = os.path.join(models_dir, f)
     order = primary + [s for s in EXTRA_ORDER if s in have and s not in primary] + sorted(
         s for s in have if s not in primary and s not in EXTRA_ORDER)
@@ -386,76 +415,195 @@ def find_models(models_dir: str, only: set[str], primary: list[str] = PRIMARY_MO
     return out
 
 
+def gen_families(optc: str) -> tuple[list[str], str | None]:
+    """The families `optc gen --list` prints (first word of each line), minus GEN_SKIP."""
+    try:
+        r = subprocess.run([optc, "gen", "--list"], capture_output=True, text=True, timeout=60)
+    except Exception as e:  # noqa: BLE001
+        return [], f"`optc gen --list` failed: {type(e).__name__}: {e}"
+    if r.returncode != 0:
+        return [], f"`optc gen --list` exited {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1][:160]}"
+    names = []
+    for ln in r.stdout.splitlines():
+        if ln[:1].strip() and re.match(r"^[A-Za-z0-9][\w.-]*", ln):
+            n = ln.split()[0]
+            if n not in GEN_SKIP and n not in names:
+                names.append(n)
+    return names, None
+
+
+def generated_models(a, optc: str, optc_err: str | None, only: set[str]) -> tuple[list[dict], str | None]:
+    """Generate every `optc gen` family (default options, seed 0) into OUT_DIR/gen/NAME.onnx."""
+    if optc_err:
+        return [], None
+    names, err = gen_families(optc)
+    model_filter = {o for o in only if o not in SECTIONS}
+    if model_filter:
+        names = [n for n in names if n in model_filter]
+    gdir = os.path.join(a.out_dir, "gen")
+    os.makedirs(gdir, exist_ok=True)
+    out = []
+    for n in names:
+        p = os.path.join(gdir, n + ".onnx")
+        rm(p)
+        cmd = [optc, "gen", n, "--seed", "0", "-o", p]
+        m = measure(cmd, a.timeout)
+        row = {"model": n, "path": p if m["ok"] and os.path.exists(p) else None, "generated": True,
+               "gen_cmd": shcmd(cmd)}
+        if row["path"] is None:
+            row["error"] = "`optc gen` failed: " + (fail_reason(m) if not m["ok"] else "no output file")
+        out.append(row)
+    return out, err
+
+
+def pipeline_definition(optc: str, pipeline: str) -> str | None:
+    """What `optc passes` says a preset stands for (`= ...` line), or None."""
+    try:
+        r = subprocess.run([optc, "passes"], capture_output=True, text=True, timeout=60)
+    except Exception:  # noqa: BLE001
+        return None
+    lines = r.stdout.splitlines()
+    for i, ln in enumerate(lines):
+        f = ln.split()
+        if f and f[0] == pipeline and ln.startswith("  "):
+            for nxt in lines[i + 1:i + 4]:
+                if nxt.strip().startswith("= "):
+                    return nxt.strip()[2:]
+    return None
+
+
 def bench_optimise(a, optc: str, optc_err: str | None, only: set[str]) -> dict:
-    res: dict = {"name": "optimise", "models": []}
-    for stem, path in find_models(a.models_dir, only):
-        mres: dict = {"model": stem, "path": path, "tools": {}}
+    res: dict = {"name": "optimise", "models": [], "pipeline": OPTC_PIPELINE,
+                 "lat_budget_s": a.lat_budget, "lat_rounds": a.lat_rounds}
+    if not optc_err:
+        res["pipeline_def"] = pipeline_definition(optc, OPTC_PIPELINE)
+    todo = [{"model": s, "path": p, "generated": False} for s, p in find_models(a.models_dir, only)]
+    gen, gen_err = generated_models(a, optc, optc_err, only)
+    res["gen_error"] = gen_err
+    res["gen_models"] = [g["model"] for g in gen]
+    todo += gen
+    for mres in todo:
+        mres["tools"] = {}
         res["models"].append(mres)
-        if path is None:
-            mres["error"] = "not in the model cache (run scripts/fetch_models.py)"
-            log(f"optimise: {stem}: missing from {a.models_dir}")
+        stem = mres["model"]
+        if mres.get("path") is None:
+            mres.setdefault("error", "not in the model cache (run scripts/fetch_models.py)")
+            log(f"optimise: {stem}: {mres['error']}")
             continue
-        mres["bytes"] = os.path.getsize(path)
-        mres["nodes"] = node_count(path)
-        odir = os.path.join(a.out_dir, "opt", stem)
-        rm(odir)
-        os.makedirs(odir, exist_ok=True)
-        cmds = {"optc": [optc, "opt", path, "-p", OPTC_PIPELINE, "-o", os.path.join(odir, "optc.onnx")]}
-        for t in PEERS:
-            cmds[t] = [PY, os.path.join(HERE, "peer.py"), t, path, os.path.join(odir, f"{t}.onnx")]
-        runs: dict = {t: [] for t in cmds}
-        for rep in range(a.reps):
-            for tool, cmd in cmds.items():
-                if tool == "optc" and optc_err:
-                    if rep == 0:
-                        runs[tool].append({"ok": False, "reason": optc_err})
-                    continue
-                if runs[tool] and not runs[tool][-1]["ok"]:
-                    continue  # failed once: don't retry it
-                rm(cmd[-1])
-                m = measure(cmd, a.timeout)
-                r = {"ok": m["ok"] and os.path.exists(cmd[-1]), "wall_s": m["wall_s"], "maxrss_kb": m["maxrss_kb"],
-                     "cpu_s": m["cpu_s"]}
-                if not m["ok"]:
-                    r["reason"] = fail_reason(m)
-                elif not os.path.exists(cmd[-1]):
-                    r["reason"] = "exit 0 but no output file"
-                if tool != "optc" and m["ok"]:
-                    r["inproc"] = last_json(m["stdout"])
-                runs[tool].append(r)
-            log(f"optimise: {stem}: rep {rep + 1}/{a.reps} done")
-        for tool, cmd in cmds.items():
-            rs = runs[tool]
-            ok = bool(rs) and all(r["ok"] for r in rs)
-            t = {"cmd": shcmd(cmd), "ok": ok, "reps": len(rs)}
-            if ok:
-                t["wall_s"] = med([r["wall_s"] for r in rs])
-                t["wall_all"] = [round(r["wall_s"], 4) for r in rs]
-                t["maxrss_kb"] = med([r["maxrss_kb"] for r in rs])
-                t["cpu_s"] = med([r.get("cpu_s") for r in rs])
-                t["nodes"] = node_count(cmd[-1])
-                t["bytes"] = os.path.getsize(cmd[-1])
-                ip = [r.get("inproc") for r in rs if r.get("inproc")]
-                if ip:
-                    t["inproc"] = {k: med([x.get(k) for x in ip]) for k in
-                                   ("import_s", "load_s", "opt_s", "save_s", "work_s")}
-            else:
-                t["reason"] = next((r.get("reason") for r in rs if not r["ok"]), "did not run")
-            mres["tools"][tool] = t
-        # do the outputs still compute the same thing?
-        outs = [f"{t}={cmds[t][-1]}" for t in cmds if mres["tools"][t]["ok"]]
-        if outs:
-            v = measure([PY, os.path.join(HERE, "verify_outputs.py"), path] + outs, a.timeout)
-            vj = last_json(v["stdout"]) or {}
-            for t in cmds:
-                if t in vj:
-                    mres["tools"][t]["check"] = vj[t]
-            if not vj:
-                mres["verify_error"] = fail_reason(v)
-        summary = ", ".join(f"{t}={mres['tools'][t].get('wall_s', 0):.2f}s" if mres["tools"][t]["ok"]
-                            else f"{t}=FAILED" for t in cmds)
-        log(f"optimise: {stem}: {summary}")
+        try:
+            optimise_one(a, optc, optc_err, mres)
+        except Exception as e:  # noqa: BLE001 - one model's crash must not end the section
+            mres["error"] = f"{type(e).__name__}: {e}"
+            log(f"optimise: {stem}: crashed: {mres['error']}")
     return res
+
+
+def optimise_one(a, optc: str, optc_err: str | None, mres: dict) -> None:
+    stem, path = mres["model"], mres["path"]
+    mres["bytes"] = os.path.getsize(path)
+    mres["nodes"] = node_count(path)
+    odir = os.path.join(a.out_dir, "opt", ("gen-" if mres.get("generated") else "") + stem)
+    rm(odir)
+    os.makedirs(odir, exist_ok=True)
+    cmds = {"optc": [optc, "opt", path, "-p", OPTC_PIPELINE, "-o", os.path.join(odir, "optc.onnx")]}
+    mtype = transformer_type(stem, mres.get("generated", False))
+    mres["transformer_type"] = mtype
+    for t in PEERS:
+        if t == "ort-transformers":
+            if mtype:
+                cmds[t] = [PY, PEER_TRANSFORMERS, path, os.path.join(odir, f"{t}.onnx"), mtype]
+        else:
+            cmds[t] = [PY, os.path.join(HERE, "peer.py"), t, path, os.path.join(odir, f"{t}.onnx")]
+    runs: dict = {t: [] for t in cmds}
+    for rep in range(a.reps):
+        for tool, cmd in cmds.items():
+            if tool == "optc" and optc_err:
+                if rep == 0:
+                    runs[tool].append({"ok": False, "reason": optc_err})
+                continue
+            if runs[tool] and not runs[tool][-1]["ok"]:
+                continue  # failed once: don't retry it
+            out = cmd[3] if tool == "ort-transformers" else cmd[-1]
+            rm(out)
+            m = measure(cmd, a.timeout)
+            r = {"ok": m["ok"] and os.path.exists(out), "wall_s": m["wall_s"], "maxrss_kb": m["maxrss_kb"],
+                 "cpu_s": m["cpu_s"]}
+            if not m["ok"]:
+                r["reason"] = fail_reason(m)
+            elif not os.path.exists(out):
+                r["reason"] = "exit 0 but no output file"
+            if tool != "optc" and m["ok"]:
+                r["inproc"] = last_json(m["stdout"])
+            runs[tool].append(r)
+        log(f"optimise: {stem}: rep {rep + 1}/{a.reps} done")
+    outs = {}
+    for tool, cmd in cmds.items():
+        out = cmd[3] if tool == "ort-transformers" else cmd[-1]
+        rs = runs[tool]
+        ok = bool(rs) and all(r["ok"] for r in rs)
+        t = {"cmd": shcmd(cmd), "ok": ok, "reps": len(rs)}
+        if ok:
+            outs[tool] = out
+            t["wall_s"] = med([r["wall_s"] for r in rs])
+            t["wall_all"] = [round(r["wall_s"], 4) for r in rs]
+            t["maxrss_kb"] = med([r["maxrss_kb"] for r in rs])
+            t["cpu_s"] = med([r.get("cpu_s") for r in rs])
+            t["nodes"] = node_count(out)
+            t["bytes"] = os.path.getsize(out)
+            ip = [r.get("inproc") for r in rs if r.get("inproc")]
+            if ip:
+                t["inproc"] = {k: med([x.get(k) for x in ip]) for k in
+                               ("import_s", "load_s", "opt_s", "save_s", "work_s")}
+                for k in ("opt_level", "fused", "tried"):
+                    if k in ip[-1]:
+                        t[k] = ip[-1][k]
+        else:
+            t["reason"] = next((r.get("reason") for r in rs if not r["ok"]), "did not run")
+        mres["tools"][tool] = t
+    # do the outputs still compute the same thing (ORT_DISABLE_ALL and ORT_ENABLE_ALL, onnx.checker),
+    # and how fast do they run (ORT_ENABLE_ALL, 1 thread)?  One process per model: bench/opt_latency.py
+    if outs:
+        timed = [t for t in LAT_TOOLS if t in outs]
+        cmd = [PY, OPT_LATENCY, path] + [f"{t}={p}" for t, p in outs.items()] + [
+            "--stem", stem, "--seed", str(a.seed), "--budget-s", str(a.lat_budget), "--rounds", str(a.lat_rounds),
+            "--time", ",".join(timed) or "none"]
+        if mres.get("generated"):
+            cmd.append("--generated")
+        mres["check_cmd"] = shcmd(cmd)
+        limit = max(a.timeout, 120 + 4 * a.lat_rounds * a.lat_budget * (len(timed) + 1))
+        log(f"optimise: {stem}: output checks and latency ({len(timed) + 1} variants × {a.lat_rounds} rounds × "
+            f"~{a.lat_budget:g} s)")
+        v = measure(cmd, limit)
+        vj = last_json(v["stdout"]) or {}
+        var = vj.get("variants") or {}
+        if not var:
+            mres["verify_error"] = fail_reason(v) if not v["ok"] else "no result"
+        mres["inputs"] = vj.get("inputs")
+        orig = var.get("original") or {}
+        mres["orig_check"] = {k: orig.get(k) for k in ("checker", "disable", "all")}
+        mres["latency"] = orig.get("latency")
+        mres["lat_timing_s"] = vj.get("timing_s")
+        for t in outs:
+            vt = var.get(t)
+            if vt is None:
+                continue
+            tt = mres["tools"][t]
+            dis = vt.get("disable") or {}
+            tt["check"] = {"ok": dis.get("ok"), "max_abs_diff": dis.get("max_abs_diff"),
+                           "max_rel_diff": dis.get("max_rel_diff")}
+            if dis.get("error") and dis.get("ok") is not True:
+                tt["check"]["error"] = dis["error"]
+            tt["check_all"] = vt.get("all")
+            tt["checker"] = vt.get("checker")
+            if vt.get("latency"):
+                tt["latency"] = vt["latency"]
+            if vt.get("latency_error"):
+                tt["latency_error"] = vt["latency_error"]
+    summary = ", ".join(f"{t}={mres['tools'][t].get('wall_s', 0):.2f}s" if mres["tools"][t]["ok"]
+                        else f"{t}=FAILED" for t in cmds)
+    sp = ", ".join(f"{t} {mres['tools'][t]['latency']['speedup']:.3f}x" for t in cmds
+                   if (mres["tools"][t].get("latency") or {}).get("speedup"))
+    log(f"optimise: {stem}: {summary}; speed-up {sp or '–'}")
 
 
 # --------------------------------------------------------------------------- benchmark C: evaluator speed
@@ -637,8 +785,8 @@ def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = No
       f"reported. The big model round trip is run {a.big_reps}× per tool; `sync` is called before every big run, "
       "and outputs go to the page cache (no fsync) for every tool alike; the input is warm in the page cache.")
     w("- Node counts are top-level `graph.node` counts. *Outputs match* runs the original and each output in "
-      "onnxruntime (CPU, graph optimisations disabled) on the same seeded random inputs "
-      "(`bench/verify_outputs.py`; allclose rtol 1e-3, atol 1e-4).")
+      "onnxruntime (CPU; ORT_DISABLE_ALL, and ORT_ENABLE_ALL in benchmark B's bar tables) on the same seeded "
+      "random inputs (`bench/opt_latency.py`, inputs of `bench/ort_run.py`; allclose rtol 1e-3, atol 1e-4).")
     w("")
 
     if rt is not None:
@@ -718,28 +866,47 @@ def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = No
         w("Commands (`$M` = the model, `$O` = the output file):")
         w("")
         w("```")
-        w(f"optc opt $M -p {OPTC_PIPELINE} -o $O")
+        w(f"optc opt $M -p {op.get('pipeline', OPTC_PIPELINE)} -o $O")
         for t in PEERS:
-            w(f"bench/.venv/bin/python bench/peer.py {t} $M $O")
+            if t == "ort-transformers":
+                w("bench/.venv/bin/python bench/peer_transformers.py $M $O MODEL_TYPE   # transformer models only")
+            else:
+                w(f"bench/.venv/bin/python bench/peer.py {t} $M $O")
+        w(f"bench/.venv/bin/python bench/opt_latency.py $M optc=$O ... --stem STEM --seed {a.seed} "
+          f"--budget-s {op.get('lat_budget_s', a.lat_budget):g} --rounds {op.get('lat_rounds', a.lat_rounds)} "
+          "[--generated]   # checks + latency")
         w("```")
         w("")
-        w("optc runs its `O2` preset (`fixpoint(fold,identity,shape-fold,cse,transpose,fuse-bn,fuse-act,dce)`: "
-          "constant folding, clean-up, transpose sinking, BatchNorm/affine folding, activation fusion); the peers "
-          "run their default pipelines (onnxruntime's include its own fusions into contrib ops at EXTENDED, "
-          "which optc does not do yet beyond GELU).")
+        pdef = op.get("pipeline_def")
+        w(f"optc runs `-p {op.get('pipeline', OPTC_PIPELINE)}`"
+          + (f" (= `{pdef}`, per `optc passes`)" if pdef else "")
+          + "; the peers run their default pipelines (onnxruntime's include its own fusions into com.microsoft "
+          "contrib ops at EXTENDED, e.g. FusedConv, FusedMatMul, LayerNormalization, Gelu, Attention).")
         w("")
         w("peer.py does: `ort-*`: `SessionOptions.graph_optimization_level = ORT_ENABLE_BASIC|EXTENDED`, "
           "`optimized_model_filepath = $O`, `InferenceSession($M, so, providers=['CPUExecutionProvider'])`; "
           "`onnxsim`: `onnxsim.simplify(onnx.load($M))`; `onnxslim`: `onnxslim.slim(onnx.load($M))`; "
-          "`onnxoptimizer`: `onnxoptimizer.optimize(onnx.load($M))` (default passes); then `onnx.save(m, $O)`.")
+          "`onnxoptimizer`: `onnxoptimizer.optimize(onnx.load($M))` (default passes); then `onnx.save(m, $O)`. "
+          "peer_transformers.py (only on transformer models: paraphrase-MiniLM-L3-v2 and generated `bert*`, "
+          "`vit*`, `gpt2*`): `onnxruntime.transformers.optimizer.optimize_model($M, model_type=bert|vit|gpt2, "
+          "num_heads=0, hidden_size=0, opt_level=99, use_gpu=False)` (onnxruntime ORT_ENABLE_ALL offline on CPU, "
+          "then its Python fusions: Attention, SkipLayerNormalization, EmbedLayerNormalization, BiasGelu, ...; "
+          "falls back to opt_level 2, 1, 0 if a level raises; `torch`, imported only for GPU use, is stubbed).")
         w("")
+        gm = op.get("gen_models") or []
+        if "gen_models" in op and "pipeline_def" in op:
+            w("Generated models (`optc gen NAME --seed 0 -o bench/out/gen/NAME.onnx`, every family `optc gen --list` "
+              f"prints except {', '.join(sorted(GEN_SKIP))}): " + (", ".join(gm) or "none")
+              + (f" ({esc(op['gen_error'])})" if op.get("gen_error") else "") + ".")
+            w("")
         models = op["models"]
         ran = [m for m in models if m.get("tools")]
         missing = [m for m in models if not m.get("tools")]
         if missing:
-            w("Not run: " + "; ".join(f"{m['model']} ({m.get('error', '?')})" for m in missing))
+            w("Not run: " + "; ".join(f"{m['model']} ({esc(m.get('error', '?'))})" for m in missing))
             w("")
         if ran:
+            report_fusion(w, a, op, ran)
             hdr = "| model | " + " | ".join(TOOL_LABEL[t] for t in TOOLS) + " |"
             sep = "|---|" + "---:|" * len(TOOLS)
 
@@ -862,6 +1029,238 @@ def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = No
     w("")
     w("Raw figures: `bench/out/results.json` (not committed).")
     return "\n".join(L) + "\n"
+
+
+def geomean(xs):
+    import math
+
+    xs = [x for x in xs if x is not None and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def report_fusion(w, a, op: dict, ran: list[dict]) -> None:
+    """Benchmark B's bars (the fusion issue): node counts, output agreement, latency, tool time."""
+
+    def tool(m, t):
+        tt = m["tools"].get(t)
+        return tt if tt and tt.get("ok") else None
+
+    def nodes(m, t):
+        tt = tool(m, t)
+        return tt.get("nodes") if tt else None
+
+    def cell_nodes(m, t):
+        tt = m["tools"].get(t)
+        if tt is None:
+            return "–"
+        if not tt.get("ok"):
+            return "failed: " + esc(short_reason(tt.get("reason", "")))
+        return str(tt.get("nodes", "?"))
+
+    def speedup(m, t):
+        tt = tool(m, t)
+        return ((tt or {}).get("latency") or {}).get("speedup")
+
+    pl = op.get("pipeline", OPTC_PIPELINE)
+    w("### Bars (fusion issue)")
+    w("")
+    w(f"optc = `optc opt -p {pl}`. Peers for the node-count bar: the best (fewest nodes) of "
+      + ", ".join(TOOL_LABEL[t] for t in BAR_PEERS) + " on each model; on transformer models also ORT "
+      "transformers (optc must have no more nodes). Latency: onnxruntime CPU, ORT_ENABLE_ALL, intra_op = "
+      "inter_op = 1 thread, ORT_SEQUENTIAL; the original and every output of "
+      + ", ".join(TOOL_LABEL[t] for t in LAT_TOOLS) + " are timed in one process "
+      f"({op.get('lat_rounds', a.lat_rounds)} rounds, the order rotating; in each round every variant runs for about "
+      f"{op.get('lat_budget_s', a.lat_budget):g} s in 50 ms slices taken in turn), per-run thread CPU time, "
+      "median over all runs; *speed-up* = original median / output median; *noise* = half the range of the "
+      "per-round speed-ups. Tool time: optc's whole process wall time (load + optimise + save + process start) "
+      "against onnxruntime's offline optimisation measured inside its process (`InferenceSession(...)` with "
+      "`optimized_model_filepath`: load + optimise + save; Python start-up and `import onnxruntime` excluded), "
+      "medians of the repetitions.")
+    w("")
+    # ---- node counts
+    w("#### Top-level node counts")
+    w("")
+    cols = ["optc", "onnxsim", "onnxslim", "ort-extended", "ort-transformers"]
+    w("| model | original | " + " | ".join(TOOL_LABEL[t] for t in cols) + " | best peer | optc / best peer |")
+    w("|---|---:|" + "---:|" * len(cols) + "---|---:|")
+    ratios, node_missing, tf_rows = [], [], []
+    for m in ran:
+        peer = {t: nodes(m, t) for t in BAR_PEERS if nodes(m, t) is not None}
+        best = min(peer.values()) if peer else None
+        bt = [t for t, c in peer.items() if c == best]
+        o = nodes(m, "optc")
+        r = o / best if o is not None and best else None
+        if r is None:
+            node_missing.append(m["model"])
+        else:
+            ratios.append(r)
+        if m["tools"].get("ort-transformers"):
+            tf_rows.append(m)
+        w(f"| {m['model']} | {m.get('nodes', '?')} | " + " | ".join(cell_nodes(m, t) for t in cols)
+          + f" | {best if best is not None else '–'} ({', '.join(TOOL_LABEL[t] for t in bt) or '–'}) | "
+          + (f"{r:.2f}" if r is not None else "–") + " |")
+    w("")
+    g = geomean(ratios)
+    met = g is not None and g <= NODE_BAR and not node_missing
+    w(f"- **Node count bar** (geometric mean over models of optc / best peer ≤ {NODE_BAR:g}): "
+      f"{'–' if g is None else f'{g:.3f}'} over {len(ratios)} models → **{'met' if met else 'not met'}**"
+      + (f" (no ratio for: {', '.join(node_missing)})" if node_missing else ""))
+    if tf_rows:
+        parts, ok_all = [], True
+        for m in tf_rows:
+            o, t = nodes(m, "optc"), nodes(m, "ort-transformers")
+            if o is None or t is None:
+                ok_all = False
+                parts.append(f"{m['model']}: optc {o if o is not None else 'failed'}, ORT transformers "
+                             f"{t if t is not None else 'failed'}")
+            else:
+                ok_all = ok_all and o <= t
+                parts.append(f"{m['model']}: optc {o} vs ORT transformers {t} ({'ok' if o <= t else 'more'})")
+        w(f"- **Transformer bar** (optc no more nodes than onnxruntime's transformers optimizer): "
+          + "; ".join(parts) + f" → **{'met' if ok_all else 'not met'}**")
+    else:
+        w("- Transformer bar: no transformer model ran.")
+    w("")
+    # ---- outputs
+    w("#### Outputs match the original, and `onnx.checker`")
+    w("")
+    w("Each cell: ORT_ENABLE_ALL / ORT_DISABLE_ALL agreement with the original at the same level (allclose rtol "
+      "1e-3, atol 1e-4; max |diff| / max |ref| in brackets) / `onnx.checker.check_model` (contrib ops of "
+      "com.microsoft are not checked by onnx). optc's passes declare their exactness in `optc passes` "
+      "(exact, or rounding with rtol ≤ 1e-4); the tolerance here is looser because differences compound through "
+      "the network.")
+    w("")
+    ocols = ["optc", "onnxsim", "onnxslim", "ort-extended", "ort-transformers"]
+    w("| model | inputs | original checker | " + " | ".join(TOOL_LABEL[t] for t in ocols) + " |")
+    w("|---|---|---|" + "---|" * len(ocols))
+
+    def yn(c):
+        if not c:
+            return "–"
+        if c.get("ok") is None:
+            return "n/a"
+        rel = c.get("max_rel_diff")
+        d = f" ({rel:.0e})" if rel else ""
+        if c.get("ok"):
+            return "yes" + d
+        return "**no**" + (d or (" (" + esc(short_reason(c.get("error", ""))) + ")" if c.get("error") else ""))
+
+    def chk(c):
+        if not c:
+            return "–"
+        return "ok" if c.get("ok") else "**fails** (" + esc(short_reason(c.get("error", ""), 60)) + ")"
+
+    optc_bad = []
+    for m in ran:
+        cells = []
+        for t in ocols:
+            tt = m["tools"].get(t)
+            if tt is None:
+                cells.append("–")
+            elif not tt.get("ok"):
+                cells.append("failed: " + esc(short_reason(tt.get("reason", ""))))
+            elif "check_all" not in tt and "checker" not in tt:
+                cells.append("not checked" + (f" ({esc(short_reason(m['verify_error']))})"
+                                              if m.get("verify_error") else ""))
+            else:
+                cells.append(f"{yn(tt.get('check_all'))} / {yn(tt.get('check'))} / {chk(tt.get('checker'))}")
+        ot = m["tools"].get("optc") or {}
+        if not (ot.get("ok") and (ot.get("check_all") or {}).get("ok") and (ot.get("check") or {}).get("ok")
+                and (ot.get("checker") or {}).get("ok")):
+            optc_bad.append(m["model"])
+        inp = ", ".join(f"{k} {v}" for k, v in (m.get("inputs") or {}).items())
+        w(f"| {m['model']} | {esc(inp) or '–'} | {chk((m.get('orig_check') or {}).get('checker'))} | "
+          + " | ".join(cells) + " |")
+    w("")
+    w(f"- **Outputs bar** (optc's output matches under ORT_ENABLE_ALL and ORT_DISABLE_ALL and passes onnx.checker, "
+      f"every model): **{'met' if not optc_bad else 'not met'}**"
+      + (f" (fails or unchecked: {', '.join(optc_bad)})" if optc_bad else ""))
+    w("")
+    # ---- latency
+    w("#### onnxruntime latency of the outputs (1 thread, ORT_ENABLE_ALL)")
+    w("")
+    w("| model | original ms (thread CPU, median) | " + " | ".join(f"{TOOL_LABEL[t]} speed-up" for t in LAT_TOOLS)
+      + " | optc noise ± | optc per-round |")
+    w("|---|---:|" + "---:|" * len(LAT_TOOLS) + "---:|---|")
+    slow = []
+    for m in ran:
+        lat = m.get("latency") or {}
+        cells = []
+        for t in LAT_TOOLS:
+            tt = m["tools"].get(t)
+            if tt is None:
+                cells.append("–")
+            elif not tt.get("ok"):
+                cells.append("failed")
+            elif tt.get("latency"):
+                cells.append(f"{tt['latency']['speedup']:.3f}×")
+            else:
+                cells.append("failed: " + esc(short_reason(tt.get("latency_error") or m.get("verify_error")
+                                                           or "not timed")))
+        ol = (m["tools"].get("optc") or {}).get("latency") or {}
+        sp = ol.get("speedup")
+        noise = ol.get("noise")
+        if sp is None or sp < 1 / (1 + SLOWER_TOL):
+            slow.append((m["model"], sp, noise))
+        w(f"| {m['model']} | {fs(lat.get('cpu_ms'), 3)} | " + " | ".join(cells)
+          + f" | {'–' if noise is None else f'{noise * 100:.1f} %'} | "
+          + (", ".join(f"{x:.3f}" for x in ol.get("round_speedup", [])) or "–") + " |")
+    w("")
+    gs = {t: geomean([speedup(m, t) for m in ran]) for t in LAT_TOOLS}
+    w("Geometric-mean speed-up (models where the tool's output was timed): "
+      + "; ".join(f"{TOOL_LABEL[t]} {'–' if gs[t] is None else f'{gs[t]:.3f}×'} "
+                  f"({sum(1 for m in ran if speedup(m, t))} models)" for t in LAT_TOOLS) + ".")
+    w("")
+    desc = "; ".join(f"{n}: " + ("not timed" if sp is None else f"{sp:.3f}× (noise ±{(nz or 0) * 100:.1f} %"
+                                  + (", within noise" if nz is not None and 1 - sp <= nz else "") + ")")
+                     for n, sp, nz in slow)
+    w(f"- **Never slower bar** (optc's output at most {SLOWER_TOL * 100:g} % slower than the original, every "
+      f"model, i.e. speed-up ≥ {1 / (1 + SLOWER_TOL):.3f}): **{'met' if not slow else 'not met'}**"
+      + (f" ({desc})" if slow else ""))
+    # optc against each peer on the models both were timed on
+    parts, ok_all = [], True
+    for t in LAT_TOOLS[1:]:
+        both = [m for m in ran if speedup(m, t) and speedup(m, "optc")]
+        if not both:
+            continue
+        go, gp = geomean([speedup(m, "optc") for m in both]), geomean([speedup(m, t) for m in both])
+        ok_all = ok_all and go >= gp
+        parts.append(f"vs {TOOL_LABEL[t]} on its {len(both)} models: optc {go:.3f}× vs {gp:.3f}×"
+                     + ("" if go >= gp else " (**behind**)"))
+    w(f"- **Speed-up bar** (optc's geometric-mean speed-up at least the best peer's): "
+      + "; ".join(parts) + f" → **{'met' if parts and ok_all else 'not met'}**")
+    w("")
+    # ---- tool time
+    w("#### Tool time, s (median of the repetitions)")
+    w("")
+    w("| model | optc process wall | ORT EXTENDED in-process (session) | ORT EXTENDED process wall | "
+      "ORT transformers in-process | onnxsim in-process | onnxslim in-process | optc / ORT EXTENDED in-process |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    tr = []
+    for m in ran:
+        def ip(t, k="opt_s"):
+            tt = tool(m, t)
+            return ((tt or {}).get("inproc") or {}).get(k) if tt else None
+
+        ow = (tool(m, "optc") or {}).get("wall_s")
+        ex = ip("ort-extended")
+        r = ow / ex if ow and ex else None
+        if r is not None:
+            tr.append(r)
+        w(f"| {m['model']} | {fs(ow, 3)} | {fs(ex, 3)} | {fs((tool(m, 'ort-extended') or {}).get('wall_s'), 3)} | "
+          f"{fs(ip('ort-transformers', 'work_s'), 3)} | {fs(ip('onnxsim', 'work_s'), 3)} | "
+          f"{fs(ip('onnxslim', 'work_s'), 3)} | {'–' if r is None else f'{r:.2f}'} |")
+    w("")
+    g = geomean(tr)
+    w(f"- **Tool time bar** (geometric mean of optc process wall / onnxruntime offline optimisation ≤ 1): "
+      f"{'–' if g is None else f'{g:.3f}'} over {len(tr)} models → **{'met' if g is not None and g <= 1 else 'not met'}**")
+    w("")
+
+
+def short_reason(s: str, n: int = 90) -> str:
+    s = str(s).strip()
+    s = re.sub(r"^rc=\S+:\s*", "", s)
+    return s[:n] + ("…" if len(s) > n else "")
 
 
 def shape_str(inputs: list[dict]) -> str:
@@ -1000,6 +1399,10 @@ def main() -> int:
     ap.add_argument("--eval-reps", type=int, default=5, help="timed inference runs per model and tool (eval)")
     ap.add_argument("--life-budget", type=float, default=1.0,
                     help="seconds of timed onnxruntime runs per model in the LIFE section (life)")
+    ap.add_argument("--lat-budget", type=float, default=1.0,
+                    help="optimise: seconds of onnxruntime runs per model variant per round (latency)")
+    ap.add_argument("--lat-rounds", type=int, default=3,
+                    help="optimise: interleaved latency rounds per model (0: outputs checked, no timing)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-gb", type=float, default=2.3)
     ap.add_argument("--timeout", type=float, default=600)
