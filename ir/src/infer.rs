@@ -444,7 +444,21 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 _ => None,
             };
             let value = match (&node.op, val(0), val(1)) {
-                (Op::Equal, Some(a), Some(b)) => binary_values(a, b, |x, y| Some(i64::from(x == y)), DType::Bool),
+                // A dim is never negative: `Equal(seq, -1)` is false.
+                (Op::Equal, Some(a), Some(b)) => binary_values_sym(
+                    a,
+                    b,
+                    |x, y| Some(i64::from(x == y)),
+                    |x, y| match (x, y) {
+                        (DimValue::Sym(s), DimValue::Known(k)) | (DimValue::Known(k), DimValue::Sym(s))
+                            if *k < 0 && Lin::parse(s).non_negative() =>
+                        {
+                            DimValue::Known(0)
+                        }
+                        _ => DimValue::Unknown,
+                    },
+                    DType::Bool,
+                ),
                 (Op::Less, Some(a), Some(b)) => binary_values(a, b, |x, y| Some(i64::from(x < y)), DType::Bool),
                 (Op::Greater, Some(a), Some(b)) => binary_values(a, b, |x, y| Some(i64::from(x > y)), DType::Bool),
                 _ => None,
@@ -553,7 +567,17 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             vec![(ttype(Some(dtype), dims), value)]
         }
         Op::Range => {
-            vec![(ttype(elem(0), shape(0).map(|_| vec![Dim::unknown()]).or(Some(vec![Dim::unknown()]))), None)]
+            // max(ceil((limit - start) / delta), 0) elements; with symbolic bounds only for a
+            // step of 1 (`Range(0, seq, 1)`, the usual position ids), where it is limit - start.
+            let scalar = |i: usize| val(i).filter(|v| v.data.len() == 1).map(|v| v.data[0].clone());
+            let len = match (scalar(0), scalar(1), scalar(2)) {
+                (Some(DimValue::Known(s)), Some(DimValue::Known(l)), Some(DimValue::Known(d))) if d != 0 => {
+                    Dim::known(((l - s) as f64 / d as f64).ceil().max(0.0) as i64)
+                }
+                (Some(s), Some(l @ DimValue::Sym(_)), Some(DimValue::Known(1))) => dim_from(&dim_sub(&l, &s)),
+                _ => Dim::unknown(),
+            };
+            vec![(ttype(elem(0), Some(vec![len])), None)]
         }
         Op::MatMul | Op::MatMulInteger => {
             let out_elem = if node.op == Op::MatMulInteger { Some(DType::I32) } else { elem(0) };
@@ -778,6 +802,21 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
             };
             let (s, value) = match (shape(0), starts, ends, axes, steps) {
                 (Some(sh), Some(st), Some(en), Some(ax), Some(sp)) => slice_shape(&sh, &st, &en, &ax, &sp, val(0)),
+                (Some(sh), Some(st), None, Some(ax), Some(sp)) if val(2).is_some_and(|e| e.data.len() == st.len()) => {
+                    (slice_shape_sym_ends(&sh, &st, &val(2).unwrap().data, &ax, &sp), None)
+                }
+                // Unknown bounds: the rank stays, the sliced axes (all, when the axes are
+                // unknown) lose their length.
+                (Some(sh), _, _, Some(ax), _) => {
+                    let mut out = sh.clone();
+                    for &a in &ax {
+                        if let Some(a) = norm_axis(a, sh.len()) {
+                            out[a] = Dim::unknown();
+                        }
+                    }
+                    (Some(out), None)
+                }
+                (Some(sh), ..) => (Some(vec![Dim::unknown(); sh.len()]), None),
                 _ => (None, None),
             };
             vec![(ttype(elem(0), s), value)]
@@ -939,6 +978,18 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
         Op::OneHot => vec![(ttype(elem(2), None), None)],
         Op::GatherElements => vec![(ttype(elem(0), shape(1)), None)],
         Op::ScatterElements | Op::ScatterND | Op::Scatter => same(),
+        // onnxruntime contrib ops that optc's fusions emit.
+        Op::Opaque { domain, op_type } if domain == "com.microsoft" => match op_type.as_str() {
+            "Gelu" | "FastGelu" | "BiasGelu" | "QuickGelu" => same(),
+            "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" => {
+                let t = ttype(elem(0), shape(0));
+                let mut o = vec![(t.clone(), None), (None, None), (None, None), (t, None)];
+                o.truncate(node.outputs().len().max(1));
+                o
+            }
+            "FusedConv" => vec![(ttype(elem(0), conv_shape(g, n, shape(0), shape(1))), None)],
+            _ => vec![(None, None); node.outputs().len()],
+        },
         _ => vec![(None, None); node.outputs().len()],
     }
 }
@@ -1075,6 +1126,30 @@ fn slice_value(v: &SymTensor, ranges: &[(usize, i64, i64, i64)]) -> Option<SymTe
         }
     }
     Some(SymTensor { dtype: v.dtype, dims: out_dims, data })
+}
+
+/// Slice with some ends given by symbolic values (`x[:, :seq]` with `seq` from a `Shape`).
+/// An end of `seq` on an axis of known length `d`, starting at 0 with step 1, gives `seq`:
+/// exporters slice fixed-size buffers (position ids, causal masks) to the sequence length, and
+/// a longer sequence fails in the ops that read the slice. Other symbolic ends give an
+/// unknown length.
+fn slice_shape_sym_ends(sh: &Shape, starts: &[i64], ends: &[DimValue], axes: &[i64], steps: &[i64]) -> Option<Shape> {
+    if starts.len() != axes.len() || starts.len() != steps.len() {
+        return None;
+    }
+    let mut out = sh.clone();
+    for i in 0..starts.len() {
+        let a = norm_axis(axes[i], sh.len())?;
+        out[a] = match &ends[i] {
+            DimValue::Known(e) => {
+                let (s, _) = slice_shape(&vec![sh[a].clone()], &[starts[i]], &[*e], &[0], &[steps[i]], None);
+                s.and_then(|s| s.into_iter().next()).unwrap_or_else(Dim::unknown)
+            }
+            e @ DimValue::Sym(_) if starts[i] == 0 && steps[i] == 1 && sh[a].as_known().is_some() => dim_from(e),
+            _ => Dim::unknown(),
+        };
+    }
+    Some(out)
 }
 
 fn slice_shape(

@@ -75,6 +75,12 @@ impl Lin {
         out
     }
 
+    /// Whether the expression is non-negative for every value of its symbols, taking each
+    /// symbol to be a dim (a size, at least 0).
+    pub fn non_negative(&self) -> bool {
+        self.constant >= 0 && self.terms.values().all(|&c| c >= 0)
+    }
+
     pub fn as_constant(&self) -> Option<i64> {
         self.terms.is_empty().then_some(self.constant)
     }

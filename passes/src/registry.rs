@@ -31,7 +31,9 @@ impl PassRegistry {
         r.register(crate::shape_fold::ShapeFold);
         r.register(crate::fuse::transpose::TransposeSink);
         r.register(crate::fuse::affine::FuseAffine);
+        r.register(crate::fuse::norm::FuseNorm);
         r.register(crate::fuse::act::FuseAct);
+        r.register(crate::fuse::qkv::FuseQkv);
         r
     }
 

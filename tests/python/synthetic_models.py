@@ -216,6 +216,148 @@ def gelu_erf(opset: int = 17) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
+def _ln_nodes(pfx: str, x: str, y: str, axes: list[int], opset: int, gamma: str | None, beta: str | None,
+              square: str = "Pow", recip: bool = False) -> list:
+    """A LayerNorm over `axes` written the way exporters decompose it."""
+    h = helper
+    kw = {"axes": axes} if opset < 18 else {}
+    ax_in = [] if opset < 18 else [pfx + "axes"]
+    nodes = [
+        h.make_node("ReduceMean", [x] + ax_in, [pfx + "mean"], name=pfx + "mean", **kw),
+        h.make_node("Sub", [x, pfx + "mean"], [pfx + "d"], name=pfx + "sub"),
+        (h.make_node("Pow", [pfx + "d", "two"], [pfx + "sq"], name=pfx + "pow") if square == "Pow"
+         else h.make_node("Mul", [pfx + "d", pfx + "d"], [pfx + "sq"], name=pfx + "sq")),
+        h.make_node("ReduceMean", [pfx + "sq"] + ax_in, [pfx + "var"], name=pfx + "var", **kw),
+        h.make_node("Add", [pfx + "var", "eps"], [pfx + "ve"], name=pfx + "add_eps"),
+        h.make_node("Sqrt", [pfx + "ve"], [pfx + "std"], name=pfx + "sqrt"),
+    ]
+    n = pfx + "n"
+    if recip:
+        nodes += [h.make_node("Reciprocal", [pfx + "std"], [pfx + "r"], name=pfx + "recip"),
+                  h.make_node("Mul", [pfx + "d", pfx + "r"], [n], name=pfx + "div")]
+    else:
+        nodes.append(h.make_node("Div", [pfx + "d", pfx + "std"], [n], name=pfx + "div"))
+    cur = n
+    if gamma:
+        nodes.append(h.make_node("Mul", [cur, gamma], [pfx + "g" if beta else y], name=pfx + "gamma"))
+        cur = pfx + "g"
+    if beta:
+        nodes.append(h.make_node("Add", [cur, beta], [y], name=pfx + "beta"))
+    if not gamma and not beta:
+        nodes[-1].output[0] = y
+    return nodes
+
+
+def layernorm(opset: int = 17) -> onnx.ModelProto:
+    """Decomposed LayerNorms: one on the input over the last axis (Pow, Div), one over the last
+    two axes (Mul(d, d), Reciprocal), and one after a residual Add whose sum is read again
+    (the Skip form on targets with com.microsoft ops), with the bias Add before it."""
+    rng = np.random.default_rng(13)
+    inits = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+        _init(rng, "g1", [16]), _init(rng, "b1", [16]), _init(rng, "g2", [1, 5, 16]), _init(rng, "b2", [16]),
+        _init(rng, "g3", [16]), _init(rng, "b3", [16]), _init(rng, "W", [16, 16]), _init(rng, "bias", [16]),
+        numpy_helper.from_array(np.array([-1], np.int64), "l1_axes"),
+        numpy_helper.from_array(np.array([-2, -1], np.int64), "l2_axes"),
+        numpy_helper.from_array(np.array([2], np.int64), "l3_axes"),
+    ]
+    nodes = _ln_nodes("l1_", "X", "y1", [-1], opset, "g1", "b1")
+    nodes += _ln_nodes("l2_", "y1", "y2", [-2, -1], opset, "g2", "b2", square="Mul", recip=True)
+    nodes += [
+        helper.make_node("MatMul", ["y2", "W"], ["mm"], name="dense"),
+        helper.make_node("Add", ["mm", "bias"], ["mb"], name="dense_bias"),
+        helper.make_node("Add", ["mb", "R"], ["res"], name="residual"),
+    ]
+    nodes += _ln_nodes("l3_", "res", "y3", [2], opset, "g3", "b3")
+    nodes.append(helper.make_node("Add", ["y3", "res"], ["Y"], name="reuse_sum"))
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 5, 16])
+    r = helper.make_tensor_value_info("R", TensorProto.FLOAT, [2, 5, 16])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 5, 16])
+    g = helper.make_graph(nodes, "layernorm", [x, r], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def rmsnorm(opset: int = 23) -> onnx.ModelProto:
+    """LLaMA-style RMSNorms: weight * (x * Reciprocal(Sqrt(mean(x^2) + eps))), one on the
+    input and one after a residual Add (x / Sqrt(...) form)."""
+    rng = np.random.default_rng(14)
+    kw = {"axes": [-1]} if opset < 18 else {}
+    ax_in = [] if opset < 18 else ["axes"]
+    inits = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+        numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+        _init(rng, "w1", [16]), _init(rng, "w2", [16]),
+    ]
+    nodes = [
+        helper.make_node("Pow", ["X", "two"], ["sq1"], name="r1_pow"),
+        helper.make_node("ReduceMean", ["sq1"] + ax_in, ["ms1"], name="r1_mean", **kw),
+        helper.make_node("Add", ["ms1", "eps"], ["e1"], name="r1_eps"),
+        helper.make_node("Sqrt", ["e1"], ["s1"], name="r1_sqrt"),
+        helper.make_node("Reciprocal", ["s1"], ["i1"], name="r1_rsqrt"),
+        helper.make_node("Mul", ["X", "i1"], ["n1"], name="r1_mul"),
+        helper.make_node("Mul", ["w1", "n1"], ["y1"], name="r1_weight"),
+        helper.make_node("Add", ["y1", "R"], ["h"], name="residual"),
+        helper.make_node("Mul", ["h", "h"], ["sq2"], name="r2_sq"),
+        helper.make_node("ReduceMean", ["sq2"] + ax_in, ["ms2"], name="r2_mean", **kw),
+        helper.make_node("Add", ["ms2", "eps"], ["e2"], name="r2_eps"),
+        helper.make_node("Sqrt", ["e2"], ["s2"], name="r2_sqrt"),
+        helper.make_node("Div", ["h", "s2"], ["n2"], name="r2_div"),
+        helper.make_node("Mul", ["n2", "w2"], ["y2"], name="r2_weight"),
+        helper.make_node("Add", ["y2", "h"], ["Y"], name="reuse_sum"),
+    ]
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 5, 16])
+    r = helper.make_tensor_value_info("R", TensorProto.FLOAT, [2, 5, 16])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 5, 16])
+    g = helper.make_graph(nodes, "rmsnorm", [x, r], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10 if opset >= 21 else 8)
+
+
+def act_contrib(opset: int = 17) -> onnx.ModelProto:
+    """MatMul + bias -> GELU (tanh form, x*x*x cube) ; MatMul + bias -> GELU (erf form) ;
+    SiLU x*Sigmoid(x) ; QuickGELU x*Sigmoid(1.702x) ; Conv -> Relu and Conv -> Clip(0, 6)."""
+    rng = np.random.default_rng(15)
+    f = lambda v, n: numpy_helper.from_array(np.array(v, np.float32), n)  # noqa: E731
+    inits = [
+        _init(rng, "W1", [16, 16]), _init(rng, "b1", [16]), _init(rng, "W2", [16, 16]), _init(rng, "b2", [16]),
+        f(0.5, "half"), f(1.0, "one"), f(0.044715, "k3"), f(0.7978845608028654, "s2pi"),
+        f(1.4142135381698608, "sqrt2"), f(1.702, "qa"), f(0.0, "zero"), f(6.0, "six"),
+        _init(rng, "Wc", [4, 1, 3, 3]), _init(rng, "Bc", [4]), _init(rng, "Wc2", [4, 4, 1, 1]),
+        numpy_helper.from_array(np.array([1, 3, 16], np.int64), "to3d"),
+        numpy_helper.from_array(np.array([3, 4, 2, 2], np.int64), "to4d"),
+    ]
+    h = helper.make_node
+    nodes = [
+        h("MatMul", ["X", "W1"], ["m1"], name="fc1"), h("Add", ["m1", "b1"], ["x1"], name="fc1_bias"),
+        # tanh GELU: (x*0.5) * (1 + tanh(s * (x + k * x*x*x)))
+        h("Mul", ["x1", "x1"], ["x1sq"], name="t_sq"), h("Mul", ["x1sq", "x1"], ["x1cu"], name="t_cube"),
+        h("Mul", ["x1cu", "k3"], ["kc"], name="t_k"), h("Add", ["x1", "kc"], ["in"], name="t_add"),
+        h("Mul", ["in", "s2pi"], ["sc"], name="t_scale"), h("Tanh", ["sc"], ["th"], name="t_tanh"),
+        h("Add", ["th", "one"], ["op"], name="t_one"), h("Mul", ["x1", "half"], ["xh"], name="t_half"),
+        h("Mul", ["xh", "op"], ["g1"], name="t_mul"),
+        h("MatMul", ["g1", "W2"], ["m2"], name="fc2"), h("Add", ["b2", "m2"], ["x2"], name="fc2_bias"),
+        # erf GELU
+        h("Div", ["x2", "sqrt2"], ["d"], name="e_div"), h("Erf", ["d"], ["e"], name="e_erf"),
+        h("Add", ["e", "one"], ["ep"], name="e_one"), h("Mul", ["x2", "ep"], ["em"], name="e_mul"),
+        h("Mul", ["em", "half"], ["g2"], name="e_half"),
+        # SiLU, QuickGELU
+        h("Sigmoid", ["g2"], ["sg"], name="silu_sig"), h("Mul", ["g2", "sg"], ["s1"], name="silu_mul"),
+        h("Mul", ["s1", "qa"], ["qx"], name="q_scale"), h("Sigmoid", ["qx"], ["qs"], name="q_sig"),
+        h("Mul", ["qs", "s1"], ["q1"], name="q_mul"),
+        # Conv + Relu, Conv + Clip(0, 6)
+        h("Reshape", ["q1", "to4d"], ["img"], name="to_img"),
+        h("Conv", ["img", "Wc", "Bc"], ["c1"], name="conv_dw", group=4, pads=[1, 1, 1, 1]),
+        h("Relu", ["c1"], ["r1"], name="conv_relu"),
+        h("Conv", ["r1", "Wc2"], ["c2"], name="conv_pw"), h("Clip", ["c2", "zero", "six"], ["r2"], name="conv_relu6"),
+        h("Reshape", ["r2", "to3d"], ["Y"], name="to_3d"),
+    ]
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3, 16])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3, 16])
+    g = helper.make_graph(nodes, "act_contrib", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
 SYNTHETIC = {
     "tiny_relu": tiny_relu,
     "histogram": histogram_model,
@@ -224,4 +366,11 @@ SYNTHETIC = {
     "conv_bn_nhwc": conv_bn_nhwc,
     "gelu_erf": gelu_erf,
     "gelu_erf_opset20": lambda: gelu_erf(20),
+    "layernorm": layernorm,
+    "layernorm_opset18": lambda: layernorm(18),
+    "layernorm_opset13": lambda: layernorm(13),
+    "rmsnorm": rmsnorm,
+    "rmsnorm_opset17": lambda: rmsnorm(17),
+    "act_contrib": act_contrib,
+    "act_contrib_opset20": lambda: act_contrib(20),
 }

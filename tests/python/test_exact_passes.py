@@ -24,9 +24,9 @@ from optc_helpers import (
 )
 from synthetic_models import SYNTHETIC
 
-PASSES = ["dce", "identity", "shape-fold", "cse", "fold", "transpose", "fuse-bn", "fuse-act"]
+PASSES = ["dce", "identity", "shape-fold", "cse", "fold", "transpose", "fuse-bn", "fuse-norm", "fuse-act", "fuse-qkv"]
 # Passes declared Rounding{rtol, atol} (as `optc passes` lists them); the others are Exact.
-ROUNDING = {"fold": (1e-5, 1e-6), "fuse-bn": (1e-4, 1e-5), "fuse-act": (1e-4, 1e-5)}
+ROUNDING = {"fold": (1e-5, 1e-6), "fuse-bn": (1e-4, 1e-5), "fuse-norm": (1e-4, 1e-5), "fuse-act": (1e-4, 1e-5)}
 MODELS_DIR = default_models_dir()
 
 _NP_TYPES = {
@@ -36,8 +36,19 @@ _NP_TYPES = {
 }
 
 
+# Generated families (`optc gen`), with input specs for the token models.
+_TOKENS = {"shape": [2, 8], "high": 100}
+ZOO = {
+    "mobilenet": {}, "resnet": {}, "convnext": {}, "vit": {},
+    "bert": {"input_ids": _TOKENS, "attention_mask": {"shape": [2, 8], "low": 1, "high": 2},
+             "token_type_ids": {"shape": [2, 8], "high": 2}},
+    "gpt2": {"input_ids": _TOKENS}, "llama": {"input_ids": _TOKENS},
+}
+
+
 def _models():
     ms = [pytest.param("synthetic", n, id=f"synthetic/{n}") for n in SYNTHETIC]
+    ms += [pytest.param("zoo", n, id=f"zoo/{n}") for n in ZOO]
     ms += [pytest.param("real", str(MODELS_DIR / n), id=f"model/{n}") for n in REAL_MODELS]
     light = sorted((MODELS_DIR / "onnx-light").glob("*.onnx"))
     ms += [pytest.param("light", str(p), id=f"light/{p.stem}") for p in light]
@@ -50,6 +61,10 @@ def test_exact_pass_keeps_outputs(pass_name, kind, model, optc_bin, tmp_path):
     if kind == "synthetic":
         src = tmp_path / f"{model}.onnx"
         onnx.save(SYNTHETIC[model](), src)
+    elif kind == "zoo":
+        src = tmp_path / f"{model}.onnx"
+        g = run_optc(optc_bin, ["gen", model, "--seed", "0", "-o", src])
+        assert g.returncode == 0, describe_run(g)
     else:
         src = Path(model)
         if not src.is_file():
@@ -84,7 +99,7 @@ def test_exact_pass_keeps_outputs(pass_name, kind, model, optc_bin, tmp_path):
         problems.append(f"OUT does not load in onnxruntime: {first_line(e)}")
     else:
         rng = np.random.default_rng(zlib.crc32(src.name.encode()))
-        spec = REAL_MODELS.get(src.name, {})
+        spec = ZOO.get(src.stem, {}) if kind == "zoo" else REAL_MODELS.get(src.name, {})
         feeds = {}
         for i in s_in.get_inputs():
             shape = [d if isinstance(d, int) and d > 0 else 1 for d in (i.shape or [])]

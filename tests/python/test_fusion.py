@@ -1,6 +1,6 @@
 """The fusion passes fire where they should and keep outputs within their declared exactness.
 
-Models built here contain each pattern; after `optc opt -p transpose,fuse-bn,fuse-act,dce` the
+Models built here contain each pattern; after `optc opt -p transpose,fuse-bn,fuse-norm,fuse-act,dce` the
 op histogram must show the fused form, the output must load in onnxruntime, pass the onnx
 checker and match the original within the passes' rounding (rtol 1e-4, atol 1e-5).
 """
@@ -17,13 +17,25 @@ import pytest
 from optc_helpers import describe_run, ort_session, run_optc
 from synthetic_models import SYNTHETIC
 
-PIPELINE = "transpose,fuse-bn,fuse-act,dce"
+PIPELINE = "transpose,fuse-bn,fuse-norm,fuse-act,dce"
 
 # model -> (ops that must be gone, ops that must be present, max node count after)
 EXPECT = {
     "conv_bn_nhwc": ({"BatchNormalization", "Transpose", "Sub", "Div", "Clip", "Add", "Mul"}, {"HardSwish", "Conv", "Gemm"}, 6),
     "gelu_erf": ({"Erf", "Div"}, {"Gelu"}, 3),
     "gelu_erf_opset20": ({"Erf", "Div"}, {"Gelu"}, 3),
+    # cpu target (com.microsoft ops): the normalisation after the residual Add takes the Add
+    # and the bias Add before it.
+    "layernorm": ({"ReduceMean", "Pow", "Sqrt", "Reciprocal", "Div"}, {"LayerNormalization", "SkipLayerNormalization"}, 5),
+    "layernorm_opset18": ({"ReduceMean", "Sqrt"}, {"LayerNormalization", "SkipLayerNormalization"}, 5),
+    # below opset 17 only the Skip form exists: the other two stay decomposed.
+    "layernorm_opset13": (set(), {"SkipLayerNormalization"}, 22),
+    "rmsnorm": ({"ReduceMean", "Sqrt", "Pow", "Reciprocal"}, {"RMSNormalization", "SkipSimplifiedLayerNormalization"}, 3),
+    "rmsnorm_opset17": (set(), {"SkipSimplifiedLayerNormalization"}, 9),
+    "act_contrib": ({"Tanh", "Erf", "Sigmoid", "Relu", "Clip", "Conv"},
+                    {"FastGelu", "BiasGelu", "QuickGelu", "FusedConv"}, 10),
+    "act_contrib_opset20": ({"Tanh", "Erf", "Sigmoid", "Relu", "Clip", "Conv"},
+                            {"FastGelu", "BiasGelu", "QuickGelu", "FusedConv"}, 10),
 }
 
 
@@ -47,12 +59,29 @@ def test_fusion_fires_and_keeps_outputs(name, optc_bin, tmp_path: Path):
     assert len(m.graph.node) <= max_nodes, f"{name}: {len(m.graph.node)} nodes: {dict(hist)}"
     s_in, s_out = ort_session(src, optimize=False), ort_session(out, optimize=False)
     rng = np.random.default_rng(3)
-    i = s_in.get_inputs()[0]
-    x = rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32) * 3
-    want = s_in.run(None, {i.name: x})[0]
-    got = s_out.run(None, {i.name: x})[0]
+    feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32) * 3
+             for i in s_in.get_inputs()}
+    want = s_in.run(None, feeds)[0]
+    got = s_out.run(None, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert "fused" in r.stdout or "folded" in r.stdout, r.stdout
+
+
+def test_no_contrib_ops_for_targets_without_them(optc_bin, tmp_path: Path):
+    """On a target without com.microsoft ops only standard ops come out."""
+    src = tmp_path / "m.onnx"
+    onnx.save(SYNTHETIC["act_contrib_opset20"](), src)
+    cpu = (Path(__file__).resolve().parents[2] / "cost" / "targets" / "cpu.toml").read_text()
+    assert "contrib_ops = true" in cpu
+    target = tmp_path / "plain.toml"
+    target.write_text(cpu.replace("contrib_ops = true", "contrib_ops = false"))
+    out = tmp_path / "out.onnx"
+    r = run_optc(optc_bin, ["opt", src, "-p", PIPELINE, "--target", target, "-o", out])
+    assert r.returncode == 0, describe_run(r)
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m, full_check=True)
+    assert all(n.domain in ("", "ai.onnx") for n in m.graph.node), ops(m)
+    assert ops(m)["Gelu"] == 2 and "Tanh" not in ops(m), ops(m)
 
 
 def test_explain_names_near_misses(optc_bin, tmp_path: Path):

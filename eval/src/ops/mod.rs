@@ -9,6 +9,7 @@ use crate::interp::Scope;
 use crate::value::{Tensor, Value};
 use optc_ir::{AttrList, AttrValue, Graph, Node};
 
+pub mod contrib;
 pub mod control;
 pub mod elementwise;
 pub mod extra;
@@ -90,7 +91,7 @@ impl Ctx<'_> {
 
 /// Runs a node's kernel.
 pub fn dispatch(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
-    let families: [fn(&Ctx, &[Option<&Value>]) -> Option<Result<Vec<Value>>>; 10] = [
+    let families: [fn(&Ctx, &[Option<&Value>]) -> Option<Result<Vec<Value>>>; 11] = [
         elementwise::run,
         shape::run,
         reduce::run,
@@ -101,6 +102,7 @@ pub fn dispatch(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
         rnn::run,
         misc::run,
         extra::run,
+        contrib::run,
     ];
     for f in families {
         if let Some(r) = f(cx, inputs) {

@@ -4,10 +4,13 @@
 
 pub mod act;
 pub mod affine;
+pub mod norm;
+pub mod qkv;
 pub mod transpose;
 
-use crate::util::const_tensor;
-use optc_ir::{DType, Graph, NodeId, Tensor, Use, ValueId};
+use crate::PassContext;
+use crate::util::{const_tensor, forward_output};
+use optc_ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Op, OpsetImport, Tensor, Use, ValueId};
 
 /// The one node input reading `v`, when `v` has exactly one reader and is not a graph output.
 pub(crate) fn single_use(g: &Graph, v: ValueId) -> Option<(NodeId, usize)> {
@@ -18,6 +21,127 @@ pub(crate) fn single_use(g: &Graph, v: ValueId) -> Option<(NodeId, usize)> {
     match uses.as_slice() {
         [(n, Use::Input(slot))] => Some((*n, *slot)),
         _ => None,
+    }
+}
+
+/// A scalar float constant's value (any shape with one element).
+pub(crate) fn scalar(g: &Graph, v: ValueId) -> Option<f64> {
+    let t = const_tensor(g, v)?;
+    if t.numel()? != 1 {
+        return None;
+    }
+    match t.dtype {
+        optc_ir::DType::F32 => t.to_f32_vec()?.first().map(|&x| x as f64),
+        _ => None,
+    }
+}
+
+pub(crate) fn near(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * b.abs().max(1.0)
+}
+
+/// The node producing `v` if it is `op`.
+pub(crate) fn producer_op(g: &Graph, v: ValueId, op: Op) -> Option<NodeId> {
+    let (p, _) = g.producer(v)?;
+    (g.node(p).op == op).then_some(p)
+}
+
+/// For a binary node with one scalar-constant operand: (the other operand, the constant, its slot).
+pub(crate) fn with_scalar(g: &Graph, n: NodeId) -> Option<(ValueId, f64, usize)> {
+    let node = g.node(n);
+    if node.inputs().len() != 2 {
+        return None;
+    }
+    let (a, b) = (node.input(0)?, node.input(1)?);
+    if let Some(k) = scalar(g, b) {
+        return Some((a, k, 1));
+    }
+    scalar(g, a).map(|k| (b, k, 0))
+}
+
+/// Replaces the chain ending at `last` by one node `op(inputs)` writing `last`'s (first)
+/// output, then removes what the chain left dead. Returns the new node, or `None` (nothing
+/// changed) when `last` writes a graph output that cannot be renamed.
+pub(crate) fn replace_chain(
+    g: &mut Graph,
+    last: NodeId,
+    op: Op,
+    inputs: Vec<Option<ValueId>>,
+    attrs: Vec<Attribute>,
+    cx: &mut PassContext,
+) -> Option<NodeId> {
+    replace_chain_n(g, last, op, inputs, attrs, &[true], cx).map(|(id, _)| id)
+}
+
+/// [`replace_chain`] for an op with several outputs: `out_slots[i]` says whether output `i`
+/// gets a value (the first takes over `last`'s output; the others are fresh values, returned
+/// by slot, that the caller connects).
+pub(crate) fn replace_chain_n(
+    g: &mut Graph,
+    last: NodeId,
+    op: Op,
+    inputs: Vec<Option<ValueId>>,
+    attrs: Vec<Attribute>,
+    out_slots: &[bool],
+    cx: &mut PassContext,
+) -> Option<(NodeId, Vec<Option<ValueId>>)> {
+    let out = g.node(last).output(0)?;
+    let name = g.node(last).display_name();
+    let mut outs = Vec::with_capacity(out_slots.len().max(1));
+    for (i, &want) in out_slots.iter().enumerate() {
+        if i > 0 && !want {
+            outs.push(None);
+            continue;
+        }
+        let base =
+            if i == 0 { format!("{}_fused", g.value(out).name) } else { format!("{}_fused_{i}", g.value(out).name) };
+        let fresh = g.fresh_name(&base);
+        outs.push(Some(g.add_value(fresh, None).ok()?));
+    }
+    let cleanup = |g: &mut Graph, outs: &[Option<ValueId>]| {
+        for v in outs.iter().flatten() {
+            if g.contains_value(*v) {
+                g.remove_value(*v);
+            }
+        }
+    };
+    let mut spec = NodeSpec::new(op.clone(), inputs, outs.clone()).attrs(attrs);
+    if let Some(nm) = &g.node(last).name {
+        spec = spec.named(format!("{nm}_{}", op.op_type()));
+    }
+    let Ok(id) = g.add_node(spec) else {
+        cleanup(g, &outs);
+        return None;
+    };
+    g.place_like(id, last);
+    let old_inputs: Vec<ValueId> = g.node(last).inputs().iter().flatten().copied().collect();
+    if !forward_output(g, last, outs[0]?) {
+        g.remove_node(id);
+        cleanup(g, &outs);
+        cx.note(|| format!("{op} ending at '{name}' not fused: it writes a graph output that cannot be renamed"));
+        return None;
+    }
+    for v in old_inputs {
+        drop_dead_from(g, v);
+    }
+    cx.note(|| format!("fused {op} ending at '{name}'"));
+    Some((id, outs))
+}
+
+/// Whether a quantiser reads `v`. Fusions that change float rounding stay away from such
+/// values: a one-ulp change can move a value across a rounding boundary of the quantiser and
+/// change the quantised result by a whole step.
+pub(crate) fn feeds_quantizer(g: &Graph, v: ValueId) -> bool {
+    g.uses(v).iter().any(|(n, _)| {
+        matches!(&g.node(*n).op, Op::QuantizeLinear | Op::DynamicQuantizeLinear)
+            || matches!(&g.node(*n).op, Op::Opaque { op_type, .. } if op_type.contains("Quantize"))
+    })
+}
+
+/// Adds an import of `domain` (version 1) when the model has none.
+pub(crate) fn ensure_domain(model: &mut Model, domain: &str) {
+    if model.opset(domain).is_none() {
+        model.opset_imports.push(OpsetImport::new(domain, 1));
     }
 }
 
