@@ -358,6 +358,22 @@ def act_contrib(opset: int = 17) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
+def layernorm_nchw() -> onnx.ModelProto:
+    """A channels-first LayerNorm (mean over axis 1 of NCHW, gamma/beta [C, 1, 1]), as ConvNeXt
+    stems and downsampling layers write it."""
+    rng = np.random.default_rng(16)
+    inits = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+        _init(rng, "g", [8, 1, 1]), _init(rng, "b", [8, 1, 1]),
+    ]
+    nodes = _ln_nodes("cf_", "X", "Y", [1], 17, "g", "b")
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8, 4, 4])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 8, 4, 4])
+    g = helper.make_graph(nodes, "layernorm_nchw", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 SYNTHETIC = {
     "tiny_relu": tiny_relu,
     "histogram": histogram_model,
@@ -371,6 +387,7 @@ SYNTHETIC = {
     "layernorm_opset13": lambda: layernorm(13),
     "rmsnorm": rmsnorm,
     "rmsnorm_opset17": lambda: rmsnorm(17),
+    "layernorm_nchw": layernorm_nchw,
     "act_contrib": act_contrib,
     "act_contrib_opset20": lambda: act_contrib(20),
 }

@@ -32,6 +32,7 @@ EXPECT = {
     "layernorm_opset13": (set(), {"SkipLayerNormalization"}, 22),
     "rmsnorm": ({"ReduceMean", "Sqrt", "Pow", "Reciprocal"}, {"RMSNormalization", "SkipSimplifiedLayerNormalization"}, 3),
     "rmsnorm_opset17": (set(), {"SkipSimplifiedLayerNormalization"}, 9),
+    "layernorm_nchw": ({"ReduceMean", "Sqrt", "Div"}, {"LayerNormalization", "Transpose"}, 3),
     "act_contrib": ({"Tanh", "Erf", "Sigmoid", "Relu", "Clip", "Conv"},
                     {"FastGelu", "BiasGelu", "QuickGelu", "FusedConv"}, 10),
     "act_contrib_opset20": ({"Tanh", "Erf", "Sigmoid", "Relu", "Clip", "Conv"},

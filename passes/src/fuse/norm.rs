@@ -76,6 +76,9 @@ struct Norm {
     last: NodeId,
     /// The nodes of the chain that read `x` (they disappear with the fusion).
     readers_of_x: Vec<NodeId>,
+    /// A single normalised axis that is not the last (channels-first LayerNorm over axis 1
+    /// of NCHW): fused as Transpose -> LayerNormalization -> Transpose.
+    inner_axis: Option<usize>,
 }
 
 fn run_graph(g: &mut Graph, env: &mut Env, cx: &mut PassContext) -> usize {
@@ -261,8 +264,21 @@ fn match_layer(g: &Graph, m1: NodeId, facts: &Facts, cx: &mut PassContext) -> Op
     }
     let r = rank(facts, x);
     let name = g.node(m1).display_name();
-    let k = suffix_len(&axes, r);
-    let (Some(k), Some(k2)) = (k, reduce_axes(g, m2).and_then(|a| suffix_len(&a, r))) else {
+    let axes2 = reduce_axes(g, m2)?;
+    let single = |a: &[i64]| match (a, r) {
+        ([a], Some(r)) => {
+            let a = if *a < 0 { *a + r as i64 } else { *a };
+            (0..r as i64).contains(&a).then_some(a as usize)
+        }
+        _ => None,
+    };
+    let inner_axis = match (suffix_len(&axes, r), single(&axes), single(&axes2), r) {
+        (None, Some(a), Some(b), Some(r)) if a == b && a + 1 < r => Some(a),
+        _ => None,
+    };
+    let k = suffix_len(&axes, r).or(inner_axis.map(|_| 1));
+    let k2 = suffix_len(&axes2, r).or(inner_axis.map(|_| 1));
+    let (Some(k), Some(k2)) = (k, k2) else {
         cx.note(|| format!("LayerNorm at '{name}': the mean is not over the last axes (axes {axes:?})"));
         return None;
     };
@@ -279,7 +295,7 @@ fn match_layer(g: &Graph, m1: NodeId, facts: &Facts, cx: &mut PassContext) -> Op
         return None;
     }
     let (last, gamma, beta) = affine_tail(g, q, true);
-    Some(Norm { kind: Kind::Layer, x, k, eps, gamma, beta, last, readers_of_x: vec![m1, sub] })
+    Some(Norm { kind: Kind::Layer, x, k, eps, gamma, beta, last, readers_of_x: vec![m1, sub], inner_axis })
 }
 
 fn match_rms(g: &Graph, m: NodeId, facts: &Facts, cx: &mut PassContext) -> Option<Norm> {
@@ -301,7 +317,7 @@ fn match_rms(g: &Graph, m: NodeId, facts: &Facts, cx: &mut PassContext) -> Optio
     };
     let q = divided_by(g, x, sqrt)?;
     let (last, gamma, _) = affine_tail(g, q, false);
-    Some(Norm { kind: Kind::Rms, x, k, eps, gamma, beta: None, last, readers_of_x: vec![sq, q] })
+    Some(Norm { kind: Kind::Rms, x, k, eps, gamma, beta: None, last, readers_of_x: vec![sq, q], inner_axis: None })
 }
 
 /// An existing `LayerNormalization`/`RMSNormalization` over the last axis, as a candidate for
@@ -327,7 +343,7 @@ fn existing(g: &Graph, n: NodeId, facts: &Facts) -> Option<Norm> {
     if beta.is_some_and(|b| !is_f32_const(g, b)) {
         return None;
     }
-    Some(Norm { kind, x, k: 1, eps, gamma: Some(gamma), beta, last: n, readers_of_x: vec![n] })
+    Some(Norm { kind, x, k: 1, eps, gamma: Some(gamma), beta, last: n, readers_of_x: vec![n], inner_axis: None })
 }
 
 /// A constant over the normalised axes as a tensor of exactly those dims (`norm_dims`):
@@ -430,6 +446,9 @@ fn emit(g: &mut Graph, m: Norm, env: &mut Env, facts: &Facts, cx: &mut PassConte
         cx.note(|| format!("{what} ending at '{name}' not fused: only float32 is handled"));
         return false;
     }
+    if let Some(a) = m.inner_axis {
+        return emit_inner_axis(g, &m, a, env, facts, cx);
+    }
     if !only_over_axes(g, m.gamma, m.k) || !only_over_axes(g, m.beta, m.k) {
         cx.note(|| format!("{what} ending at '{name}' not fused: gamma/beta vary over other axes"));
         return false;
@@ -520,6 +539,70 @@ fn emit(g: &mut Graph, m: Norm, env: &mut Env, facts: &Facts, cx: &mut PassConte
     };
     let attrs = vec![Attribute::int("axis", -(m.k as i64)), eps];
     replace_chain_n(g, m.last, op, inputs, attrs, &[true], cx).is_some()
+}
+
+/// A LayerNorm over one inner axis `a` (channels-first): `Transpose` moving `a` last,
+/// `LayerNormalization(axis=-1)` with gamma/beta as vectors, and the inverse `Transpose`.
+fn emit_inner_axis(g: &mut Graph, m: &Norm, a: usize, env: &Env, facts: &Facts, cx: &mut PassContext) -> bool {
+    let name = g.node(m.last).display_name();
+    if env.opset < 17 {
+        cx.note(|| format!("LayerNorm ending at '{name}' not fused: needs opset 17 (the model imports {})", env.opset));
+        return false;
+    }
+    let (Some(shape), Some(DType::F32)) = (facts.shape(m.x), facts.elem(m.x)) else {
+        cx.note(|| format!("LayerNorm ending at '{name}' not fused: the input's shape or type is not known"));
+        return false;
+    };
+    let r = shape.len();
+    let Some(c) = shape[a].as_known() else {
+        cx.note(|| format!("LayerNorm ending at '{name}' not fused: the normalised dim is not known"));
+        return false;
+    };
+    let vec_of = |g: &Graph, v: Option<ValueId>, fill: f32| -> Option<Vec<f32>> {
+        match v {
+            None => Some(vec![fill; c as usize]),
+            Some(v) => {
+                let (data, dims) = f32_const(g, v)?;
+                super::per_axis(&data, &dims, r, a, c as usize)
+            }
+        }
+    };
+    let (Some(gv), Some(bv)) = (vec_of(g, m.gamma, 1.0), vec_of(g, m.beta, 0.0)) else {
+        cx.note(|| format!("LayerNorm ending at '{name}' not fused: gamma/beta vary over other axes"));
+        return false;
+    };
+    if !cx.rewrite() {
+        return false;
+    }
+    let mut perm: Vec<i64> = (0..r as i64).filter(|&i| i != a as i64).collect();
+    perm.push(a as i64);
+    let mut inv = vec![0i64; r];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p as usize] = i as i64;
+    }
+    let (Some(gamma), Some(beta)) = (add_f32(g, "norm.weight", vec![c], &gv), add_f32(g, "norm.bias", vec![c], &bv))
+    else {
+        return false;
+    };
+    let base = g.node(m.last).name.clone().unwrap_or_else(|| "layernorm".into());
+    let chain = |g: &mut Graph, op: Op, inputs: Vec<Option<ValueId>>, attrs: Vec<Attribute>, sfx: &str| {
+        let vname = g.fresh_name(&format!("{base}_{sfx}_output_0"));
+        let out = g.add_value(vname, None).ok()?;
+        let spec = optc_ir::NodeSpec::new(op, inputs, vec![Some(out)]).attrs(attrs).named(format!("{base}_{sfx}"));
+        let id = g.add_node(spec).ok()?;
+        g.place_like(id, m.last);
+        Some(out)
+    };
+    let Some(xt) = chain(g, Op::Transpose, vec![Some(m.x)], vec![Attribute::ints("perm", perm)], "to_last") else {
+        return false;
+    };
+    let attrs = vec![Attribute::int("axis", -1), Attribute::float("epsilon", m.eps)];
+    let Some(y) =
+        chain(g, Op::LayerNormalization, vec![Some(xt), Some(gamma), Some(beta)], attrs, "LayerNormalization")
+    else {
+        return false;
+    };
+    replace_chain_n(g, m.last, Op::Transpose, vec![Some(y)], vec![Attribute::ints("perm", inv)], &[true], cx).is_some()
 }
 
 #[cfg(test)]
