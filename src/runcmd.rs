@@ -137,6 +137,7 @@ fn file_name(name: &str) -> String {
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.model)?;
     let inputs = gather_inputs(model.ir(), &a.inputs)?;
+    optc::eval::tune_allocator();
     let ev = Evaluator::new(model.ir())?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.unwrap_or(0))
@@ -196,6 +197,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         )));
     }
     let inputs = gather_inputs(ma.ir(), &a.inputs)?;
+    optc::eval::tune_allocator();
     let outs_a = Evaluator::new(ma.ir())?.run(&inputs)?;
     let inputs_b: HashMap<String, Value> = inputs.into_iter().filter(|(k, _)| ib.contains(k)).collect();
     let outs_b = Evaluator::new(mb.ir())?.run(&inputs_b)?;

@@ -5,7 +5,7 @@
 use crate::error::{EvalError, Result};
 use crate::ops;
 use crate::value::{Tensor, Value};
-use optc_ir::{Graph, Init, NodeId, ValueId};
+use optc_ir::{AttrList, Graph, Init, NodeId, ValueId};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -98,17 +98,27 @@ pub(crate) fn run_graph(
     }
     let keep: Vec<ValueId> = g.outputs.iter().map(|d| d.value).collect();
     for n in order {
-        let outs = run_node(g, n, opset, &env, parent)?;
         let node = g.node(n);
-        for (i, v) in outs.into_iter().enumerate() {
-            if let Some(id) = node.output(i) {
-                if let Some(o) = observer.as_deref_mut() {
-                    let name = &g.value(id).name;
-                    if o.wants(name) {
-                        o.observe(name, &v);
-                    }
+        if let Some((id, v)) = alias_output(node, &env) {
+            if let Some(o) = observer.as_deref_mut() {
+                let name = &g.value(id).name;
+                if o.wants(name) {
+                    o.observe(name, &v);
                 }
-                env.insert(id, Arc::new(v));
+            }
+            env.insert(id, v);
+        } else {
+            let outs = run_node(g, n, opset, &env, parent)?;
+            for (i, v) in outs.into_iter().enumerate() {
+                if let Some(id) = node.output(i) {
+                    if let Some(o) = observer.as_deref_mut() {
+                        let name = &g.value(id).name;
+                        if o.wants(name) {
+                            o.observe(name, &v);
+                        }
+                    }
+                    env.insert(id, Arc::new(v));
+                }
             }
         }
         for v in node.inputs().iter().flatten().chain(node.captures()) {
@@ -131,6 +141,26 @@ pub(crate) fn run_graph(
                 .ok_or_else(|| EvalError::Other(format!("graph output '{name}' was not computed")))
         })
         .collect()
+}
+
+/// Nodes whose single output is their input unchanged (Identity, a Cast to the input's own
+/// type) share the input's value instead of copying it: returns (output, value).
+fn alias_output(node: &optc_ir::Node, env: &HashMap<ValueId, Arc<Value>>) -> Option<(ValueId, Arc<Value>)> {
+    if node.outputs().len() != 1 || node.inputs().len() != 1 {
+        return None;
+    }
+    let out = node.output(0)?;
+    let input = env.get(node.inputs()[0].as_ref()?)?;
+    match node.op {
+        optc_ir::Op::Identity => Some((out, input.clone())),
+        optc_ir::Op::Cast => {
+            let Value::Tensor(t) = &**input else { return None };
+            let to = i32::try_from(node.attrs.get_int("to")?).ok().and_then(optc_ir::DType::from_onnx)?;
+            let round = node.attrs.get_string("round_mode").unwrap_or("up");
+            (to == t.dtype() && matches!(round, "up" | "down" | "nearest")).then(|| (out, input.clone()))
+        }
+        _ => None,
+    }
 }
 
 pub(crate) fn run_node(

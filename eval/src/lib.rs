@@ -89,3 +89,33 @@ pub fn eval_node(g: &optc_ir::Graph, n: optc_ir::NodeId, opset: i64, inputs: &[O
     let cx = ops::Ctx { node: g.node(n), opset, scope: &scope };
     ops::dispatch(&cx, inputs)
 }
+
+/// Keeps freed activation buffers in the process heap between nodes and runs: with glibc's
+/// defaults, every buffer above the (adaptive) mmap threshold is a fresh mapping whose pages
+/// fault in zeroed on first touch, and freed heap tops are trimmed back to the kernel, so a run
+/// pays page faults for most of its activations. Buffers up to 32 MiB (glibc's largest mmap
+/// threshold) then come from the heap and are recycled. Done once per process; it changes a
+/// process-wide setting, so the library never calls it itself: programs opt in (the `optc`
+/// CLI does for `run` and `verify`; `OPTC_EVAL_MALLOPT=0` turns it off there).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if std::env::var_os("OPTC_EVAL_MALLOPT").is_some_and(|v| v == "0") {
+                return;
+            }
+            unsafe extern "C" {
+                fn mallopt(param: i32, value: i32) -> i32;
+            }
+            const M_TRIM_THRESHOLD: i32 = -1;
+            const M_MMAP_THRESHOLD: i32 = -3;
+            // SAFETY: mallopt only changes glibc malloc tunables; it is called before the
+            // evaluator allocates its buffers, and any value is valid (rejected ones return 0).
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            }
+        });
+    }
+}

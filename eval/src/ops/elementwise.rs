@@ -586,9 +586,92 @@ pub fn zip2<A, B, C>(a: ArrayViewD<A>, b: ArrayViewD<B>, f: impl Fn(&A, &B) -> C
         let p = a.iter().next()?;
         return Some(b.map(|q| f(p, q)));
     }
-    let shape = IxDyn(&broadcast_shapes(&[a.shape(), b.shape()])?);
+    let out = broadcast_shapes(&[a.shape(), b.shape()])?;
+    if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
+        let v = zip2_contiguous(x, a.shape(), y, b.shape(), &out, &f);
+        return ArrayD::from_shape_vec(IxDyn(&out), v).ok();
+    }
+    let shape = IxDyn(&out);
     let (x, y) = (a.broadcast(shape.clone())?, b.broadcast(shape)?);
     Some(Zip::from(x).and(y).map_collect(&f))
+}
+
+/// Element strides of a contiguous operand of shape `s` broadcast to `out` (0 along broadcast dims).
+fn bcast_strides(s: &[usize], out: &[usize]) -> Vec<usize> {
+    let mut st = vec![0usize; out.len()];
+    let lead = out.len() - s.len();
+    let mut acc = 1usize;
+    for i in (0..s.len()).rev() {
+        if s[i] != 1 {
+            st[lead + i] = acc;
+        }
+        acc *= s[i];
+    }
+    st
+}
+
+/// [`zip2`] on contiguous operands with broadcasting: the output dims are merged into runs over
+/// which each operand either advances by one or stays, and the innermost run is a plain loop
+/// over slices (so it vectorises), instead of a per-element strided walk.
+fn zip2_contiguous<A, B, C>(
+    x: &[A],
+    xs: &[usize],
+    y: &[B],
+    ys: &[usize],
+    out: &[usize],
+    f: &impl Fn(&A, &B) -> C,
+) -> Vec<C> {
+    let total: usize = out.iter().product();
+    let (sx, sy) = (bcast_strides(xs, out), bcast_strides(ys, out));
+    // (len, x stride, y stride), outermost first, dims of length 1 dropped, mergeable dims merged.
+    let mut dims: Vec<(usize, usize, usize)> = Vec::with_capacity(out.len());
+    for i in 0..out.len() {
+        let (n, a, b) = (out[i], sx[i], sy[i]);
+        if n == 1 {
+            continue;
+        }
+        match dims.last_mut() {
+            Some(l) if l.1 == a * n && l.2 == b * n => *l = (l.0 * n, a, b),
+            _ => dims.push((n, a, b)),
+        }
+    }
+    let mut v: Vec<C> = Vec::with_capacity(total);
+    if total == 0 {
+        return v;
+    }
+    let Some(&(n, ia, ib)) = dims.last() else {
+        v.push(f(&x[0], &y[0]));
+        return v;
+    };
+    let outer = &dims[..dims.len() - 1];
+    let mut idx = vec![0usize; outer.len()];
+    let (mut ox, mut oy) = (0usize, 0usize);
+    for _ in 0..total / n {
+        match (ia, ib) {
+            (1, 1) => v.extend(x[ox..ox + n].iter().zip(&y[oy..oy + n]).map(|(p, q)| f(p, q))),
+            (1, 0) => {
+                let q = &y[oy];
+                v.extend(x[ox..ox + n].iter().map(|p| f(p, q)))
+            }
+            (0, 1) => {
+                let p = &x[ox];
+                v.extend(y[oy..oy + n].iter().map(|q| f(p, q)))
+            }
+            _ => v.extend((0..n).map(|j| f(&x[ox + j * ia], &y[oy + j * ib]))),
+        }
+        for d in (0..outer.len()).rev() {
+            idx[d] += 1;
+            ox += outer[d].1;
+            oy += outer[d].2;
+            if idx[d] < outer[d].0 {
+                break;
+            }
+            ox -= outer[d].1 * outer[d].0;
+            oy -= outer[d].2 * outer[d].0;
+            idx[d] = 0;
+        }
+    }
+    v
 }
 
 /// `f` over three arrays broadcast together; `None` when the shapes do not broadcast.

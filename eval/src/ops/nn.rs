@@ -697,7 +697,10 @@ fn pool<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], kind: PoolKind, dt: DType)
     let xc = slice_of(&x);
     let xsl = xc.as_slice().unwrap_or(&[]);
     let mut y = vec![T::zero(); planes * os];
-    let mut ind = vec![0i64; if kind == PoolKind::Max { planes * os } else { 0 }];
+    // Indices only when the node reads them.
+    let want_idx = kind == PoolKind::Max && cx.node.outputs().get(1).is_some_and(|o| o.is_some());
+    let fast2d = nd == 2 && kind != PoolKind::Lp && !want_idx;
+    let mut ind = vec![0i64; if kind == PoolKind::Max && !fast2d { planes * os } else { 0 }];
     let pexp = T::from_f64(p);
     let pinv = T::from_f64(1.0 / p);
     let plane = |pi: usize, yo: &mut [T], io: &mut [i64]| {
@@ -779,6 +782,47 @@ fn pool<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], kind: PoolKind, dt: DType)
             }
         }
     };
+    if fast2d {
+        // 2-D fast path: the same windows, without the N-d odometer or the indices.
+        let (w, ow) = (ins[1], g.out[1]);
+        let plane2 = |pi: usize, yo: &mut [T]| {
+            let xp = &xsl[pi * is..(pi + 1) * is];
+            for (oy, yrow) in yo.chunks_mut(ow.max(1)).enumerate() {
+                let rows = &wins[0].valid[oy][..];
+                for (ox, yv) in yrow.iter_mut().enumerate() {
+                    let cols = &wins[1].valid[ox][..];
+                    let count = rows.len() * cols.len();
+                    *yv = if kind == PoolKind::Max {
+                        let mut acc = T::neg_inf();
+                        let mut found = false;
+                        for &r in rows {
+                            let xr = &xp[r * w..(r + 1) * w];
+                            for &c in cols {
+                                let v = xr[c];
+                                if v > acc || (!found && !v.is_nan()) {
+                                    acc = v;
+                                    found = true;
+                                }
+                            }
+                        }
+                        if !found && count > 0 { T::from_f64(f64::NAN) } else { acc }
+                    } else {
+                        let mut acc = T::zero();
+                        for &r in rows {
+                            let xr = &xp[r * w..(r + 1) * w];
+                            for &c in cols {
+                                acc += xr[c];
+                            }
+                        }
+                        let div = if count_pad { wins[0].with_pad[oy] * wins[1].with_pad[ox] } else { count };
+                        if div == 0 { T::from_f64(f64::NAN) } else { acc / T::from_f64(div as f64) }
+                    };
+                }
+            }
+        };
+        y.par_chunks_mut(os.max(1)).enumerate().for_each(|(pi, yo)| plane2(pi, yo));
+        return Ok(vec![Value::Tensor(T::wrap(arr(cx, &oshape, y)?, dt))]);
+    }
     if kind == PoolKind::Max {
         y.par_chunks_mut(os.max(1))
             .zip(ind.par_chunks_mut(os.max(1)))
