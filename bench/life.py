@@ -56,7 +56,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from ort_run import SHAPES, random_input  # noqa: E402  (shared with benchmark C)
+from ort_run import make_feeds  # noqa: E402  (shared with benchmark C)
 
 OPSET = 17
 MED_BAR = 20.0  # median |error| %, at most
@@ -262,18 +262,6 @@ def input_dims(model) -> list[tuple[str, list]]:
                 dims.append(None)
         out.append((i.name, dims))
     return out
-
-
-def make_feeds(model, stem: str, seed: int) -> dict:
-    specs = SHAPES.get(stem, {})
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for i in model.graph.input:
-        if i.name in inits:
-            continue
-        feeds[i.name] = random_input(rng, i, specs.get(i.name, {}))
-    return feeds
 
 
 def dim_bindings(model, feeds: dict) -> dict:

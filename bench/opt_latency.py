@@ -45,7 +45,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from ort_run import SHAPES, random_input  # noqa: E402  (shared with benchmarks C and D)
+from ort_run import SHAPES  # noqa: E402  (shared with benchmarks C and D)
+from ort_run import make_feeds as ort_make_feeds  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-4
 SLICE_S = 0.05  # seconds of runs per variant before the next variant's turn, within a round
@@ -78,19 +79,16 @@ def generated_spec(vi, seq: int) -> dict:
 
 def make_feeds(model, stem: str, seed: int, generated: bool, seq: int) -> dict:
     specs = SHAPES.get(stem, {})
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for i in model.graph.input:
-        if i.name in inits:
-            continue
-        spec = generated_spec(i, seq) if generated and i.name not in specs else specs.get(i.name, {})
-        x = random_input(rng, i, spec)
-        if generated and x.dtype.kind == "f" and "mask" in i.name.lower():
-            x = np.ones_like(x)
-        feeds[i.name] = x
-    return feeds
 
+    def spec_for(i, spec):
+        return generated_spec(i, seq) if generated and i.name not in specs else spec
+
+    feeds = ort_make_feeds(model, stem, seed, spec_for)
+    if generated:
+        for name, x in feeds.items():
+            if x.dtype.kind == "f" and "mask" in name.lower():
+                feeds[name] = np.ones_like(x)
+    return feeds
 
 def session(path: str, level: str):
     import onnxruntime as ort

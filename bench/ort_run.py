@@ -85,6 +85,21 @@ def random_input(rng, vi, spec: dict):
     raise ValueError(f"input {vi.name}: cannot generate dtype {dt}")
 
 
+
+def make_feeds(model, stem: str, seed: int, spec_for=None) -> dict:
+    """Seeded inputs for every graph input of `model` (initializer-backed inputs skipped), from
+    SHAPES[stem]; `spec_for(input, spec)` may replace an input's spec."""
+    specs = SHAPES.get(stem, {})
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        spec = specs.get(i.name, {})
+        feeds[i.name] = random_input(rng, i, spec_for(i, spec) if spec_for else spec)
+    return feeds
+
 def cmd_inputs(a) -> dict:
     import onnx
 
