@@ -1437,38 +1437,29 @@ def main() -> int:
                           if os.access(GNU_TIME, os.X_OK) else
                           "the child's `VmHWM` from /proc, polled every 2 ms (/usr/bin/time was not installed)")
     rt = op = ev = lf = None
-    if want_rt:
+    def section(label: str, name: str, run, fallback: dict):
+        """Runs one benchmark section, timing it; a crash is reported in its result, not raised."""
         t = time.perf_counter()
         try:
-            rt = bench_roundtrip(a, optc, optc_err)
+            res = run()
         except Exception as e:  # noqa: BLE001 - report, don't crash
-            rt = {"error": f"{type(e).__name__}: {e}"}
-            log(f"roundtrip crashed: {rt['error']}")
-        meta["section_s"]["A. round trip (incl. generation if needed, identity checks)"] = time.perf_counter() - t
+            res = {**fallback, "error": f"{type(e).__name__}: {e}"}
+            log(f"{name} crashed: {res['error']}")
+        meta["section_s"][label] = time.perf_counter() - t
+        return res
+
+    if want_rt:
+        rt = section("A. round trip (incl. generation if needed, identity checks)", "roundtrip",
+                     lambda: bench_roundtrip(a, optc, optc_err), {})
     if want_op:
-        t = time.perf_counter()
-        try:
-            op = bench_optimise(a, optc, optc_err, only)
-        except Exception as e:  # noqa: BLE001
-            op = {"error": f"{type(e).__name__}: {e}", "models": []}
-            log(f"optimise crashed: {op['error']}")
-        meta["section_s"]["B. optimise (all runs, node counts, output checks)"] = time.perf_counter() - t
+        op = section("B. optimise (all runs, node counts, output checks)", "optimise",
+                     lambda: bench_optimise(a, optc, optc_err, only), {"models": []})
     if want_ev:
-        t = time.perf_counter()
-        try:
-            ev = bench_eval(a, optc, optc_err, only)
-        except Exception as e:  # noqa: BLE001
-            ev = {"error": f"{type(e).__name__}: {e}", "models": []}
-            log(f"eval crashed: {ev['error']}")
-        meta["section_s"]["C. evaluator speed (inputs, runs, output checks)"] = time.perf_counter() - t
+        ev = section("C. evaluator speed (inputs, runs, output checks)", "eval",
+                     lambda: bench_eval(a, optc, optc_err, only), {"models": []})
     if want_life:
-        t = time.perf_counter()
-        try:
-            lf = bench_life(a, optc, optc_err)
-        except Exception as e:  # noqa: BLE001
-            lf = {"name": "life", "error": f"{type(e).__name__}: {e}", "models": []}
-            log(f"life crashed: {lf['error']}")
-        meta["section_s"]["D. LIFE predicted vs measured (calibration, runs, optc cost)"] = time.perf_counter() - t
+        lf = section("D. LIFE predicted vs measured (calibration, runs, optc cost)", "life",
+                     lambda: bench_life(a, optc, optc_err), {"name": "life", "models": []})
     meta["total_s"] = time.perf_counter() - t_all
     meta["loadavg"] = [load0, os.getloadavg()[0]]
     json.dump({"meta": meta, "roundtrip": rt, "optimise": op, "eval": ev, "life": lf}, open(os.path.join(a.out_dir, "results.json"), "w"),
