@@ -138,6 +138,23 @@ pub(crate) fn feeds_quantizer(g: &Graph, v: ValueId) -> bool {
     })
 }
 
+/// Adds one `op` node named `name` with one fresh output (`{name}_output_0`), placed where
+/// `like` is in the node order; returns the output.
+pub(crate) fn add_op(
+    g: &mut Graph,
+    op: Op,
+    inputs: Vec<Option<ValueId>>,
+    attrs: Vec<Attribute>,
+    name: &str,
+    like: NodeId,
+) -> Option<ValueId> {
+    let vname = g.fresh_name(&format!("{name}_output_0"));
+    let out = g.add_value(vname, None).ok()?;
+    let id = g.add_node(NodeSpec::new(op, inputs, vec![Some(out)]).attrs(attrs).named(name.to_string())).ok()?;
+    g.place_like(id, like);
+    Some(out)
+}
+
 /// Adds an import of `domain` (version 1) when the model has none.
 pub(crate) fn ensure_domain(model: &mut Model, domain: &str) {
     if model.opset(domain).is_none() {

@@ -16,7 +16,8 @@
 //! them. The fused ops compute the same function with fewer roundings.
 
 use super::{
-    add_f32, align, ensure_domain, f32_const, feeds_quantizer, producer_op, replace_chain_n, single_use, with_scalar,
+    add_f32, add_op, align, ensure_domain, f32_const, feeds_quantizer, producer_op, replace_chain_n, single_use,
+    with_scalar,
 };
 use crate::util::const_ints;
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
@@ -585,21 +586,25 @@ fn emit_inner_axis(g: &mut Graph, m: &Norm, a: usize, env: &Env, facts: &Facts, 
         return false;
     };
     let base = g.node(m.last).name.clone().unwrap_or_else(|| "layernorm".into());
-    let chain = |g: &mut Graph, op: Op, inputs: Vec<Option<ValueId>>, attrs: Vec<Attribute>, sfx: &str| {
-        let vname = g.fresh_name(&format!("{base}_{sfx}_output_0"));
-        let out = g.add_value(vname, None).ok()?;
-        let spec = optc_ir::NodeSpec::new(op, inputs, vec![Some(out)]).attrs(attrs).named(format!("{base}_{sfx}"));
-        let id = g.add_node(spec).ok()?;
-        g.place_like(id, m.last);
-        Some(out)
-    };
-    let Some(xt) = chain(g, Op::Transpose, vec![Some(m.x)], vec![Attribute::ints("perm", perm)], "to_last") else {
+    let Some(xt) = add_op(
+        g,
+        Op::Transpose,
+        vec![Some(m.x)],
+        vec![Attribute::ints("perm", perm)],
+        &format!("{base}_to_last"),
+        m.last,
+    ) else {
         return false;
     };
     let attrs = vec![Attribute::int("axis", -1), Attribute::float("epsilon", m.eps)];
-    let Some(y) =
-        chain(g, Op::LayerNormalization, vec![Some(xt), Some(gamma), Some(beta)], attrs, "LayerNormalization")
-    else {
+    let Some(y) = add_op(
+        g,
+        Op::LayerNormalization,
+        vec![Some(xt), Some(gamma), Some(beta)],
+        attrs,
+        &format!("{base}_LayerNormalization"),
+        m.last,
+    ) else {
         return false;
     };
     replace_chain_n(g, m.last, Op::Transpose, vec![Some(y)], vec![Attribute::ints("perm", inv)], &[true], cx).is_some()

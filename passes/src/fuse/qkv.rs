@@ -7,7 +7,7 @@
 //! axis. One larger GEMM replaces several small ones; standard ops only, so it runs anywhere.
 //! Each output element is computed by the same dot product as before: the result is exact.
 
-use super::{add_f32, f32_const, single_use};
+use super::{add_f32, add_op, f32_const, single_use};
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
 use optc_ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Op, Tensor, ValueId};
 use std::collections::BTreeMap;
@@ -111,14 +111,13 @@ fn merge(g: &mut Graph, x: ValueId, mms: &[NodeId], cx: &mut PassContext) -> boo
     let Some(wv) = add_f32(g, "qkv.weight", vec![k as i64, total], &w) else { return false };
     let first = projs[0].mm;
     let base = g.node(first).name.clone().unwrap_or_else(|| "qkv".into());
-    let Some(mut cur) = add_node(g, Op::MatMul, vec![Some(x), Some(wv)], vec![], &format!("{base}_merged"), first)
-    else {
+    let Some(mut cur) = add_op(g, Op::MatMul, vec![Some(x), Some(wv)], vec![], &format!("{base}_merged"), first) else {
         return false;
     };
     if with_bias {
         let b: Vec<f32> = projs.iter().flat_map(|p| p.bias.as_ref().map(|b| b.1.clone()).unwrap_or_default()).collect();
         let Some(bv) = add_f32(g, "qkv.bias", vec![total], &b) else { return false };
-        let Some(v) = add_node(g, Op::Add, vec![Some(cur), Some(bv)], vec![], &format!("{base}_merged_bias"), first)
+        let Some(v) = add_op(g, Op::Add, vec![Some(cur), Some(bv)], vec![], &format!("{base}_merged_bias"), first)
         else {
             return false;
         };
@@ -169,19 +168,4 @@ fn merge(g: &mut Graph, x: ValueId, mms: &[NodeId], cx: &mut PassContext) -> boo
     }
     cx.note(|| format!("merged {} projections of one input: {}", names.len(), names.join(", ")));
     true
-}
-
-fn add_node(
-    g: &mut Graph,
-    op: Op,
-    inputs: Vec<Option<ValueId>>,
-    attrs: Vec<Attribute>,
-    name: &str,
-    like: NodeId,
-) -> Option<ValueId> {
-    let vname = g.fresh_name(&format!("{name}_output_0"));
-    let out = g.add_value(vname, None).ok()?;
-    let id = g.add_node(NodeSpec::new(op, inputs, vec![Some(out)]).attrs(attrs).named(name.to_string())).ok()?;
-    g.place_like(id, like);
-    Some(out)
 }
