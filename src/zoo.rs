@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use crate::frontends::llama::{LlamaConfig, LlamaWeights, Matrix, Norm as LlamaNorm, Proj};
 use crate::ir::builder::{GraphBuilder, Rng};
 use crate::ir::{AttrValue, Attribute, DType, Dim, IrError, Model, NodeSpec, Op, Tensor, Type, ValueId};
 
@@ -63,6 +64,14 @@ Options: layers=2, hidden=128, heads=4, ffn=4*hidden, vocab=1000, max_pos=256",
 RoPE (rotate_half), grouped-query attention (K/V repeated by Expand+Reshape), causal mask, SwiGLU MLP, lm_head; \
 output logits. Options: layers=2, hidden=128, heads=4, kv_heads=2, ffn=344, vocab=1000, max_pos=256, rope_base=10000",
     ),
+    (
+        "llama-kv",
+        "LLaMA-shaped decoder with a KV cache, the graph `optc import` builds from a GGUF file: inputs input_ids, \
+attention_mask, position_ids, past_key_values.N.key/value; outputs logits, present.N.key/value (Optimum and \
+onnxruntime-genai names); one graph for prefill and decode. wbits=4 or 8 stores the linear layers as MatMulNBits \
+blocks of 32 and the embedding as gathered int blocks, as imported GGUF weights are. \
+Options: layers=2, hidden=128, heads=4, kv_heads=2, ffn=344, vocab=1000, max_pos=256, rope_base=10000, wbits=32",
+    ),
 ];
 
 const NO_OPTS: &[(&str, &str)] = &[];
@@ -99,6 +108,17 @@ const LLAMA_OPTS: &[(&str, &str)] = &[
     ("max_pos", "256"),
     ("rope_base", "10000"),
 ];
+const LLAMA_KV_OPTS: &[(&str, &str)] = &[
+    ("layers", "2"),
+    ("hidden", "128"),
+    ("heads", "4"),
+    ("kv_heads", "2"),
+    ("ffn", "344"),
+    ("vocab", "1000"),
+    ("max_pos", "256"),
+    ("rope_base", "10000"),
+    ("wbits", "32"),
+];
 
 /// The options each family accepts, with their defaults.
 fn family_opts(family: &str) -> Option<&'static [(&'static str, &'static str)]> {
@@ -111,6 +131,7 @@ fn family_opts(family: &str) -> Option<&'static [(&'static str, &'static str)]> 
         "bert" => BERT_OPTS,
         "gpt2" => GPT2_OPTS,
         "llama" => LLAMA_OPTS,
+        "llama-kv" => LLAMA_KV_OPTS,
         _ => return None,
     })
 }
@@ -138,6 +159,7 @@ pub fn build(name: &str, seed: u64) -> Result<Model, String> {
         "bert" => bert(seed, &o),
         "gpt2" => gpt2(seed, &o),
         "llama" => llama(seed, &o),
+        "llama-kv" => llama_kv(seed, &o),
         _ => unreachable!("family_opts and build list the same families"),
     }
 }
@@ -1169,6 +1191,97 @@ fn llama(seed: u64, o: &Opts) -> Res<Model> {
     let logits = n.linear("/lm_head", h, "lm_head", hidden, vocab, false)?;
     n.output(logits, "logits", DType::F32, vec![batch(), Dim::sym("seq"), Dim::known(vocab)])?;
     Ok(n.finish())
+}
+
+/// Seeded weights for [`llama_kv`]: float, or blocks of 32 with random codes and scales.
+struct RandomLlama {
+    rng: Rng,
+    wbits: u8,
+    cfg: LlamaConfig,
+}
+
+impl RandomLlama {
+    fn matrix(&mut self, rows: usize, cols: usize, scale: f32) -> Matrix {
+        if self.wbits == 32 || cols % 32 != 0 {
+            return Matrix::Dense { rows, cols, data: self.rng.vec(rows * cols, scale) };
+        }
+        let levels = 1u64 << self.wbits;
+        let nb = rows * cols / 32;
+        let codes = (0..rows * cols).map(|_| (self.rng.next_u64() % levels) as u8).collect();
+        // (code - zero point) spans about +-levels/2: scale it to about +-`scale`.
+        let step = 2.0 * scale / levels as f32;
+        let scales = (0..nb).map(|_| step * (0.75 + 0.5 * self.rng.uniform().abs())).collect();
+        // Fractional zero points at 4 bits (as Q4_1 / Q4_K give), whole ones at 8 (onnxruntime
+        // takes no other kind there).
+        let wbits = self.wbits;
+        let zero_points = (0..nb)
+            .map(|_| {
+                let z = (levels / 2) as f32 + 2.0 * self.rng.uniform();
+                if wbits == 8 { z.round() } else { z }
+            })
+            .collect();
+        Matrix::Blocks { rows, cols, bits: self.wbits, block: 32, codes, scales, zero_points }
+    }
+}
+
+impl LlamaWeights for RandomLlama {
+    fn embedding(&mut self) -> Result<Matrix, String> {
+        Ok(self.matrix(self.cfg.vocab, self.cfg.hidden, 1.0))
+    }
+
+    fn linear(&mut self, _layer: usize, proj: Proj) -> Result<Matrix, String> {
+        let c = &self.cfg;
+        let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let (rows, cols) = match proj {
+            Proj::Q => (q, c.hidden),
+            Proj::K | Proj::V => (kv, c.hidden),
+            Proj::O => (c.hidden, q),
+            Proj::Gate | Proj::Up => (c.ffn, c.hidden),
+            Proj::Down => (c.hidden, c.ffn),
+        };
+        Ok(self.matrix(rows, cols, (3.0 / cols as f32).sqrt()))
+    }
+
+    fn norm(&mut self, _which: LlamaNorm) -> Result<Vec<f32>, String> {
+        Ok(self.rng.vec(self.cfg.hidden, 0.1).iter().map(|x| 1.0 + x).collect())
+    }
+
+    fn lm_head(&mut self) -> Result<Option<Matrix>, String> {
+        let (v, h) = (self.cfg.vocab, self.cfg.hidden);
+        Ok(Some(self.matrix(v, h, (3.0 / h as f32).sqrt())))
+    }
+}
+
+fn llama_kv(seed: u64, o: &Opts) -> Res<Model> {
+    let u = |k: &str| -> Res<usize> {
+        let v = o.int(k)?;
+        usize::try_from(v).map_err(|_| format!("{k}={v} must not be negative"))
+    };
+    let (layers, hidden, heads) = (u("layers")?, u("hidden")?, u("heads")?);
+    let wbits = o.int("wbits")?;
+    o.check(matches!(wbits, 4 | 8 | 32), || format!("wbits={wbits} must be 4, 8 or 32"))?;
+    o.check(heads > 0 && hidden % heads == 0, || format!("hidden={hidden} is not a multiple of heads={heads}"))?;
+    let cfg = LlamaConfig {
+        layers,
+        hidden,
+        heads,
+        kv_heads: u("kv_heads")?,
+        head_dim: hidden / heads,
+        ffn: u("ffn")?,
+        vocab: u("vocab")?,
+        max_pos: u("max_pos")?,
+        rope_base: o.float("rope_base")?,
+        rms_eps: 1e-6,
+        name: "llama".into(),
+    };
+    let params = (cfg.vocab * hidden * 2 + layers * (4 * hidden * hidden + 3 * hidden * cfg.ffn)) as u64;
+    o.check(params <= MAX_PARAMS, || {
+        format!("the model would hold over {MAX_PARAMS} parameters; choose smaller options")
+    })?;
+    let mut w = RandomLlama { rng: Rng::new(seed), wbits: wbits as u8, cfg: cfg.clone() };
+    let mut m = optc_frontends::llama::build(&cfg, &mut w)?;
+    m.producer_name = Some("optc-zoo".into());
+    Ok(m)
 }
 
 // ---- tiny-cnn -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 //! memory-mapped, `raw_data` fields become slices of the map and external data files are mapped
 //! too (after the path checks in [`onnx::external`]).
 
+pub mod llama;
 pub mod onnx;
 
 pub use onnx::{LoadError, LoadOptions, load, load_bytes, load_tensor};
