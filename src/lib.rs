@@ -47,6 +47,7 @@ pub use optc_frontends as frontends;
 pub use optc_ir as ir;
 pub use optc_passes as passes;
 
+pub mod llm;
 pub mod zoo;
 
 use optc_backends::{SaveOptions, SaveReport};
@@ -66,6 +67,9 @@ pub enum Error {
     Pass(#[from] optc_passes::PassError),
     #[error(transparent)]
     Target(#[from] optc_cost::TargetError),
+    /// A model file in another format (GGUF) that could not be imported.
+    #[error("{0}")]
+    Import(String),
 }
 
 impl Error {
@@ -73,13 +77,20 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         use optc_passes::PassError as P;
         match self {
-            Error::Load(_) | Error::Target(_) => 2,
+            Error::Load(_) | Error::Target(_) | Error::Import(_) => 2,
             Error::Pass(P::UnknownPass { .. } | P::BadOption { .. } | P::Syntax(_)) => 2,
             Error::Pass(_) => 1,
             Error::Save(optc_backends::SaveError::TooLarge { .. }) => 2,
             Error::Save(_) => 1,
         }
     }
+}
+
+/// Whether the file starts with GGUF's magic bytes.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
 }
 
 /// A model loaded into optc's IR.
@@ -94,8 +105,27 @@ impl Model {
         Model::load_with(path, &LoadOptions::default())
     }
 
+    /// Reads an ONNX file, or imports a GGUF file (recognised by its magic bytes) with the
+    /// default [`ImportOptions`](optc_frontends::llama::gguf::ImportOptions).
     pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model, Error> {
-        Ok(Model { inner: optc_frontends::load(path.as_ref(), opts)? })
+        let path = path.as_ref();
+        if is_gguf(path) {
+            return Model::import_gguf(path, &Default::default());
+        }
+        Ok(Model { inner: optc_frontends::load(path, opts)? })
+    }
+
+    /// Imports the LLaMA-architecture decoder of a GGUF file (see `optc import`).
+    pub fn import_gguf(
+        path: impl AsRef<Path>,
+        opts: &optc_frontends::llama::gguf::ImportOptions,
+    ) -> Result<Model, Error> {
+        let path = path.as_ref();
+        let err = |e: String| Error::Import(format!("{}: {e}", path.display()));
+        let g = optc_frontends::gguf::Gguf::open(path).map_err(|e| err(e.to_string()))?;
+        let mut inner = optc_frontends::llama::gguf::import(&g, opts).map_err(err)?;
+        inner.source = Some(path.to_path_buf());
+        Ok(Model { inner })
     }
 
     /// Reads an ONNX model from memory (external data is not resolved).

@@ -1,8 +1,11 @@
 //! The `optc` command line.
 
 mod costcmd;
+mod ggufcmd;
 mod inspect;
+mod llmcmd;
 mod runcmd;
+mod tokcmd;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -56,6 +59,25 @@ optc cost --llm-config preset=llama3-8b,wbits=4,gate_up_bits=2 --target igpu --l
     Cost(costcmd::CostArgs),
     /// List the built-in targets (or print one's target file with --show NAME).
     Targets(TargetsArgs),
+    /// Show a GGUF file's metadata and tensors; write tensors dequantised as .npy (--tensor/--all -o DIR).
+    Gguf(ggufcmd::GgufArgs),
+    /// Encode text to token ids (or --decode ids to text) with a byte-level BPE tokenizer.json.
+    Tokenize(tokcmd::TokenizeArgs),
+    /// Import a GGUF LLM (llama architecture) as an ONNX decoder with a KV cache, plus tokenizer.json.
+    #[command(long_about = "Import a GGUF LLM (llama architecture: LLaMA, SmolLM, Mistral-style) as an ONNX \
+decoder with a KV cache, and write its tokenizer as tokenizer.json beside it.\n\n\
+The graph takes input_ids, attention_mask, position_ids and past_key_values.N.key/value and returns logits and \
+present.N.key/value (Optimum and onnxruntime-genai names), so one model serves prefill and decode. 4- and 8-bit \
+block weights stay quantised as com.microsoft::MatMulNBits (the model is about the GGUF's size); --dequantize \
+writes float32 weights instead. Every optc command also accepts a .gguf directly.\n\nExamples:\n  \
+optc import SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2/model.onnx\n  \
+optc eval ppl smollm2/model.onnx --text lee_background.cor --ctx 512\n  \
+optc generate smollm2/model.onnx --chat --prompt 'What is the capital of France?'")]
+    Import(llmcmd::ImportArgs),
+    /// Evaluate a model on data: `optc eval ppl MODEL --text FILE` (perplexity).
+    Eval(llmcmd::EvalArgs),
+    /// Generate text greedily from a causal LM (.onnx with tokenizer.json beside it, or .gguf).
+    Generate(llmcmd::GenerateArgs),
 }
 
 #[derive(Args)]
@@ -147,6 +169,11 @@ fn main() -> ExitCode {
             Some(name) => costcmd::show_target(&name),
             None => costcmd::targets(),
         },
+        Command::Gguf(a) => ggufcmd::run(a),
+        Command::Tokenize(a) => tokcmd::run(a),
+        Command::Import(a) => llmcmd::import(a),
+        Command::Eval(a) => llmcmd::eval(a),
+        Command::Generate(a) => llmcmd::generate_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

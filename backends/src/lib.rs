@@ -6,4 +6,4 @@
 
 pub mod onnx;
 
-pub use onnx::{ExternalData, SaveError, SaveOptions, SaveReport, save, to_bytes};
+pub use onnx::{ExternalData, SaveError, SaveOptions, SaveReport, save, to_bytes, write_atomic};

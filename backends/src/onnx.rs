@@ -206,7 +206,9 @@ fn release(bytes: &Bytes) {
     }
 }
 
-fn write_atomic(
+/// Writes a file through a temporary file in the same directory and a rename, so `path` is
+/// either left as it was or holds all of `body`'s output.
+pub fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<(), SaveError> {

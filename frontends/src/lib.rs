@@ -5,6 +5,8 @@
 //! too (after the path checks in [`onnx::external`]).
 
 pub mod llama;
+pub mod gguf;
 pub mod onnx;
+pub mod tokenizer;
 
 pub use onnx::{LoadError, LoadOptions, load, load_bytes, load_tensor};

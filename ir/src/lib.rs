@@ -16,6 +16,7 @@ pub mod infer;
 mod model;
 mod op;
 mod raw;
+pub mod quant;
 pub mod symexpr;
 mod tensor;
 pub mod text;

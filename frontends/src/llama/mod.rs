@@ -21,7 +21,7 @@
 //! `MatMul` on float32 weights or, for block-quantised weights, `com.microsoft::MatMulNBits`
 //! (codes, a scale and a zero point per block: `(code - zero_point) * scale`).
 
-// pub mod gguf; (enabled once crate::gguf and crate::tokenizer land)
+pub mod gguf;
 
 use optc_ir::{
     AttrValue, Attribute, Bytes, DType, Decl, Dim, Graph, IrError, Model, NodeSpec, Op, OpsetImport, Tensor, Type,
@@ -237,13 +237,13 @@ pub fn build(cfg: &LlamaConfig, w: &mut dyn LlamaWeights) -> Result<Model, Strin
     let m = "/model";
     let emb = w.embedding()?;
     emb.check("the token embedding", cfg.vocab, h)?;
-    let mut x = b.embedding(&format!("{m}/embed_tokens"), "model.embed_tokens.weight", &emb, ids)?;
-    let tied_head = match w.lm_head()? {
+    let (mut x, shared) = b.embedding(&format!("{m}/embed_tokens"), "model.embed_tokens.weight", &emb, ids)?;
+    let (head, shared) = match w.lm_head()? {
         Some(head) => {
             head.check("the LM head", cfg.vocab, h)?;
-            head
+            (head, None)
         }
-        None => emb,
+        None => (emb, shared),
     };
 
     // RoPE tables gathered by position: [batch, 1, seq, head_dim].
@@ -334,7 +334,11 @@ pub fn build(cfg: &LlamaConfig, w: &mut dyn LlamaWeights) -> Result<Model, Strin
         x = b.op(&s, Op::Add, &[x, down], vec![])?;
     }
     let y = rms_norm(&mut b, &format!("{m}/norm"), "model.norm", x, w.norm(Norm::Final)?, cfg)?;
-    let logits = b.linear("/lm_head", "lm_head", &tied_head, y)?;
+    let logits = match shared {
+        // A tied 8-bit head reads the embedding's own codes and scales.
+        Some((codes, scales)) => b.matmul_nbits("/lm_head", &head, y, codes, scales, None)?,
+        None => b.linear("/lm_head", "lm_head", &head, y)?,
+    };
     let vocab = cfg.vocab as i64;
     b.output(
         logits,
@@ -431,24 +435,6 @@ fn rope(b: &mut Builder, s: &str, x: ValueId, cos: ValueId, sin: ValueId, d: i64
     let rh = b.op(s, Op::Concat, &[neg, x1], vec![Attribute::int("axis", -1)])?;
     let rs = b.op(s, Op::Mul, &[rh, sin], vec![])?;
     b.op(s, Op::Add, &[xc, rs], vec![])
-}
-
-/// Packs unpacked codes `[rows, cols]` into MatMulNBits' `B`: `[rows, blocks, block * bits / 8]`
-/// bytes, low bits first; a short last block is padded with code 0.
-pub fn pack_nbits(codes: &[u8], rows: usize, cols: usize, bits: u8, block: usize) -> Vec<u8> {
-    let nb = cols.div_ceil(block);
-    let per_byte = 8 / bits as usize;
-    let blob = block / per_byte;
-    let mut out = vec![0u8; rows * nb * blob];
-    for r in 0..rows {
-        let row = &codes[r * cols..(r + 1) * cols];
-        let dst = &mut out[r * nb * blob..(r + 1) * nb * blob];
-        for (c, &code) in row.iter().enumerate() {
-            let (bl, j) = (c / block, c % block);
-            dst[bl * blob + j / per_byte] |= code << ((j % per_byte) * bits as usize);
-        }
-    }
-    out
 }
 
 /// Names nodes `{scope}/{OpType}` (`_1`, `_2` on repeats) as torch.onnx does.
@@ -574,10 +560,10 @@ impl Builder {
             Matrix::Blocks { bits, block, codes, scales, zero_points, .. } => {
                 let nb = k.div_ceil(*block);
                 let blob = block * *bits as usize / 8;
-                let packed = pack_nbits(codes, n, k, *bits, *block);
+                let packed = optc_ir::quant::pack_nbits(codes, n, k, *bits, *block);
                 let (n64, nb64) = (n as i64, nb as i64);
                 let qw = self.init(&format!("{prefix}.qweight"), DType::U8, &[n64, nb64, blob as i64], packed)?;
-                let sc = self.init_f32(&format!("{prefix}.scales"), &[n64 * nb64], scales)?;
+                let sc = self.init_f32(&format!("{prefix}.scales"), &[n64, nb64], scales)?;
                 let default_zp = (1u32 << (bits - 1)) as f32;
                 let levels = (1u32 << bits) as f32;
                 let integral = zero_points.iter().all(|&z| z.fract() == 0.0 && (0.0..levels).contains(&z));
@@ -585,45 +571,70 @@ impl Builder {
                     None
                 } else if integral {
                     // uint8 zero points, packed like the codes, each row padded to whole bytes.
-                    let zcodes: Vec<u8> = zero_points.iter().map(|&z| z as u8).collect();
                     let per_byte = 8 / *bits as usize;
                     let stride = nb.div_ceil(per_byte);
                     let mut packed = vec![0u8; n * stride];
-                    for (i, &z) in zcodes.iter().enumerate() {
+                    for (i, &z) in zero_points.iter().enumerate() {
                         let (r, bl) = (i / nb, i % nb);
-                        packed[r * stride + bl / per_byte] |= z << ((bl % per_byte) * *bits as usize);
+                        packed[r * stride + bl / per_byte] |= (z as u8) << ((bl % per_byte) * *bits as usize);
                     }
                     Some(self.init(&format!("{prefix}.zero_points"), DType::U8, &[(n * stride) as i64], packed)?)
                 } else if *bits == 8 {
                     // onnxruntime's CPU kernel takes float zero points for 2 and 4 bits only.
                     return Err(format!("{prefix}: 8-bit blocks with fractional zero points cannot be MatMulNBits"));
                 } else {
-                    Some(self.init_f32(&format!("{prefix}.zero_points"), &[n64 * nb64], zero_points)?)
+                    Some(self.init_f32(&format!("{prefix}.zero_points"), &[n64, nb64], zero_points)?)
                 };
-                self.used_contrib = true;
-                let attrs = vec![
-                    Attribute::int("K", k as i64),
-                    Attribute::int("N", n as i64),
-                    Attribute::int("bits", i64::from(*bits)),
-                    Attribute::int("block_size", *block as i64),
-                ];
-                let op = Op::from_onnx("com.microsoft", "MatMulNBits");
-                self.op_with(scope, op, &[Some(x), Some(qw), Some(sc), zp], attrs)
+                self.matmul_nbits(scope, w, x, qw, sc, zp)
             }
         }
+    }
+
+    /// `com.microsoft::MatMulNBits` of `x` by `w`'s blocks stored in `qweight` `[N, blocks,
+    /// bytes]`, `scales` `[N, blocks]` and optional `zero_points`.
+    fn matmul_nbits(
+        &mut self,
+        scope: &str,
+        w: &Matrix,
+        x: ValueId,
+        qweight: ValueId,
+        scales: ValueId,
+        zero_points: Option<ValueId>,
+    ) -> Result<ValueId, String> {
+        let Matrix::Blocks { rows, cols, bits, block, .. } = w else {
+            return Err("MatMulNBits needs a block matrix".into());
+        };
+        self.used_contrib = true;
+        let attrs = vec![
+            Attribute::int("K", *cols as i64),
+            Attribute::int("N", *rows as i64),
+            Attribute::int("bits", i64::from(*bits)),
+            Attribute::int("block_size", *block as i64),
+        ];
+        let op = Op::from_onnx("com.microsoft", "MatMulNBits");
+        self.op_with(scope, op, &[Some(x), Some(qweight), Some(scales), zero_points], attrs)
     }
 
     /// Embedding lookup. A block-quantised table stays quantised: the codes and the block scales
     /// and zero points of the looked-up rows are gathered and dequantised as MatMulNBits does,
     /// `(code - zero_point) * scale`.
-    fn embedding(&mut self, scope: &str, name: &str, w: &Matrix, ids: ValueId) -> Result<ValueId, String> {
+    ///
+    /// Returns the output and, for 8-bit blocks with the default zero point 128 and no padding,
+    /// the codes and scales initializers, which a tied MatMulNBits head can read as they are.
+    fn embedding(
+        &mut self,
+        scope: &str,
+        name: &str,
+        w: &Matrix,
+        ids: ValueId,
+    ) -> Result<(ValueId, Option<(ValueId, ValueId)>), String> {
         let axis0 = || vec![Attribute::int("axis", 0)];
         match w {
             Matrix::Dense { rows, cols, data } => {
                 let t = self.init_f32(name, &[*rows as i64, *cols as i64], data)?;
-                self.op(scope, Op::Gather, &[t, ids], axis0())
+                Ok((self.op(scope, Op::Gather, &[t, ids], axis0())?, None))
             }
-            Matrix::Blocks { rows, cols, block, codes, scales, zero_points, .. } => {
+            Matrix::Blocks { rows, cols, bits, block, codes, scales, zero_points } => {
                 let (r, c, nb) = (*rows as i64, *cols as i64, cols.div_ceil(*block) as i64);
                 let padded = nb * *block as i64;
                 // Pad each row to whole blocks so the codes reshape to [.., blocks, block].
@@ -633,29 +644,32 @@ impl Builder {
                     raw.resize(raw.len() + (padded - c) as usize, 0);
                 }
                 let q = self.init(&format!("{name}.codes"), DType::U8, &[r, nb, *block as i64], raw)?;
-                let sc = self.init_f32(&format!("{name}.scales"), &[r, nb, 1], scales)?;
+                let sc = self.init_f32(&format!("{name}.scales"), &[r, nb], scales)?;
                 let gq = self.op(scope, Op::Gather, &[q, ids], axis0())?;
                 let gq = self.op(scope, Op::Cast, &[gq], vec![Attribute::int("to", DType::F32.onnx_code() as i64)])?;
                 let centred = if zero_points.windows(2).all(|p| p[0] == p[1]) {
                     let z = self.const_f32(scope, zero_points.first().copied().unwrap_or(0.0))?;
                     self.op(scope, Op::Sub, &[gq, z], vec![])?
                 } else {
-                    let zp = self.init_f32(&format!("{name}.zero_points"), &[r, nb, 1], zero_points)?;
+                    let zp = self.init_f32(&format!("{name}.zero_points"), &[r, nb], zero_points)?;
                     let gz = self.op(scope, Op::Gather, &[zp, ids], axis0())?;
+                    let gz = self.unsqueeze(scope, gz, &[-1])?;
                     self.op(scope, Op::Sub, &[gq, gz], vec![])?
                 };
                 let gs = self.op(scope, Op::Gather, &[sc, ids], axis0())?;
+                let gs = self.unsqueeze(scope, gs, &[-1])?;
                 let deq = self.op(scope, Op::Mul, &[centred, gs], vec![])?;
                 let flat = self.reshape(scope, deq, &[0, 0, padded])?;
                 if padded == c {
-                    return Ok(flat);
+                    let shareable = *bits == 8 && zero_points.iter().all(|&z| z == 128.0);
+                    return Ok((flat, shareable.then_some((q, sc))));
                 }
                 let (st, en, ax) = (
                     self.const_i64(scope, &[1], &[0])?,
                     self.const_i64(scope, &[1], &[c])?,
                     self.const_i64(scope, &[1], &[-1])?,
                 );
-                self.op(scope, Op::Slice, &[flat, st, en, ax], vec![])
+                Ok((self.op(scope, Op::Slice, &[flat, st, en, ax], vec![])?, None))
             }
         }
     }
@@ -664,20 +678,6 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pack_nbits_is_low_bits_first() {
-        let codes: Vec<u8> = (0..32).map(|i| (i % 16) as u8).collect();
-        let p = pack_nbits(&codes, 1, 32, 4, 32);
-        assert_eq!(p.len(), 16);
-        assert_eq!(p[0], 0x10);
-        assert_eq!(p[1], 0x32);
-        let p = pack_nbits(&[1, 2, 3], 1, 3, 8, 16);
-        assert_eq!(&p[..4], &[1, 2, 3, 0]);
-        let p = pack_nbits(&[1, 2, 3, 0, 1], 1, 5, 2, 16);
-        assert_eq!(p[0], 1 | (2 << 2) | (3 << 4));
-        assert_eq!(p[1], 1);
-    }
 
     #[test]
     fn config_errors_name_the_field() {
