@@ -667,6 +667,62 @@ pub(crate) fn dequant_nbits(
     out
 }
 
+/// What a dequantised MatMulNBits weight is cached under: a 128-bit fingerprint of every input
+/// byte that defines it, and its geometry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct DequantKey {
+    fp: (u64, u64),
+    n: usize,
+    k: usize,
+    bits: usize,
+    block: usize,
+}
+
+/// Two independent 64-bit multiplicative hashes over the parts, each part's length mixed in.
+fn fingerprint(parts: &[&[u8]]) -> (u64, u64) {
+    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x9e37_79b9_7f4a_7c15u64);
+    let mut mix = |w: u64| {
+        a = (a ^ w).wrapping_mul(0x0000_0100_0000_01b3);
+        b = (b.rotate_left(23) ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    };
+    for p in parts {
+        mix(p.len() as u64);
+        let mut chunks = p.chunks_exact(8);
+        for c in &mut chunks {
+            mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        mix(u64::from_le_bytes(tail));
+    }
+    (a ^ (a >> 29), b ^ (b >> 31))
+}
+
+/// Dequantised weights kept for the life of the process, up to this many f32 values in all.
+const DEQUANT_CACHE_MAX: usize = 1 << 29;
+
+type DequantCache = std::sync::Mutex<(usize, std::collections::HashMap<DequantKey, std::sync::Arc<Vec<f32>>>)>;
+
+fn dequant_cache() -> &'static DequantCache {
+    static CACHE: std::sync::OnceLock<DequantCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn dequant_cache_get(key: &DequantKey) -> Option<std::sync::Arc<Vec<f32>>> {
+    dequant_cache().lock().ok()?.1.get(key).cloned()
+}
+
+fn dequant_cache_put(key: DequantKey, w: std::sync::Arc<Vec<f32>>) {
+    if let Ok(mut c) = dequant_cache().lock() {
+        if c.0 + w.len() > DEQUANT_CACHE_MAX {
+            c.1.clear();
+            c.0 = 0;
+        }
+        c.0 += w.len();
+        c.1.insert(key, w);
+    }
+}
+
 fn matmul_nbits(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
     let a = cx.tensor(inputs, 0)?;
     let adt = a.dtype();
@@ -686,9 +742,12 @@ fn matmul_nbits(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
     }
     let nb = k.div_ceil(block);
     let blob = block * bits / 8;
-    let braw: Vec<u8> = match cx.tensor(inputs, 1)? {
-        Tensor::U8(b) => b.iter().copied().collect(),
-        Tensor::I32(b) => b.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    let braw: std::borrow::Cow<[u8]> = match cx.tensor(inputs, 1)? {
+        Tensor::U8(b) => match b.as_slice() {
+            Some(sl) => std::borrow::Cow::Borrowed(sl),
+            None => std::borrow::Cow::Owned(b.iter().copied().collect()),
+        },
+        Tensor::I32(b) => std::borrow::Cow::Owned(b.iter().flat_map(|v| v.to_le_bytes()).collect()),
         t => return Err(cx.err(format!("B must be uint8, got {}", t.dtype()))),
     };
     let need = n.checked_mul(nb).and_then(|v| v.checked_mul(blob)).ok_or_else(|| cx.err("N * K is too large"))?;
@@ -736,8 +795,33 @@ fn matmul_nbits(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
         }
         None => None,
     };
-    let wdq =
-        dequant_nbits(&braw, n, k, bits, block, &scales, zp_packed.as_deref(), zp_float.as_deref(), g_idx.as_deref());
+    // The dequantised weight, from the cache when this exact B / scales / zero points were seen
+    // before (the same constant weight on every run of a model, every token of a decode loop).
+    let key = {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let zf = zp_float.as_deref().map(f32s).unwrap_or_default();
+        let gi: Vec<u8> = g_idx.as_deref().unwrap_or(&[]).iter().flat_map(|x| x.to_le_bytes()).collect();
+        let parts: [&[u8]; 5] = [&braw, &f32s(&scales), zp_packed.as_deref().unwrap_or(&[]), &zf, &gi];
+        DequantKey { fp: fingerprint(&parts), n, k, bits, block }
+    };
+    let wdq = match dequant_cache_get(&key) {
+        Some(w) => w,
+        None => {
+            let w = std::sync::Arc::new(dequant_nbits(
+                &braw,
+                n,
+                k,
+                bits,
+                block,
+                &scales,
+                zp_packed.as_deref(),
+                zp_float.as_deref(),
+                g_idx.as_deref(),
+            ));
+            dequant_cache_put(key, w.clone());
+            w
+        }
+    };
     let m: usize = ashape[..ashape.len() - 1].iter().product();
     let ac = av.as_standard_layout();
     let asl = ac.as_slice().unwrap_or(&[]);

@@ -407,6 +407,23 @@ impl Gguf {
         start.and_then(|s| self.bytes().get(s..s.checked_add(t.n_bytes)?)).unwrap_or(&[])
     }
 
+    /// Lets the OS drop the file pages behind a tensor that has been converted, so an importer
+    /// that reads tensor by tensor never holds the whole file in memory. A no-op for files
+    /// held in memory; the bytes stay readable (pages come back from the file).
+    pub fn release(&self, t: &TensorInfo) {
+        #[cfg(unix)]
+        if let Data::Map(map) = &self.data {
+            let Some(start) = self.data_offset.checked_add(t.offset).and_then(|s| usize::try_from(s).ok()) else {
+                return;
+            };
+            if start.checked_add(t.n_bytes).is_some_and(|end| end <= map.len()) && t.n_bytes > 0 {
+                // SAFETY: the map is read-only and private, and nothing in optc writes through
+                // it, so MADV_DONTNEED only drops clean pages that are re-read on the next access.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, t.n_bytes) };
+            }
+        }
+    }
+
     /// The tensor as f32 values in storage order (`dims[0]` fastest).
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         let terr = |message: String| GgufError::Tensor { name: t.name.clone(), message };

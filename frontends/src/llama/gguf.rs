@@ -129,6 +129,7 @@ impl<'g> GgufWeights<'g> {
                 && matches!(q.bits, 2 | 4 | 8)
                 && cols % q.block == 0
             {
+                self.g.release(t);
                 return Ok(Matrix::Blocks {
                     rows,
                     cols,
@@ -141,6 +142,7 @@ impl<'g> GgufWeights<'g> {
             }
         }
         let data = self.g.dequantize(t).map_err(err)?;
+        self.g.release(t);
         Ok(Matrix::Dense { rows, cols, data })
     }
 }
