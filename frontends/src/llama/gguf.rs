@@ -128,6 +128,9 @@ impl<'g> GgufWeights<'g> {
             if let Some(q) = dequant::to_blocks(t.ty, bytes, t.n_elements as usize).map_err(err)?
                 && matches!(q.bits, 2 | 4 | 8)
                 && cols % q.block == 0
+                // onnxruntime's 8-bit MatMulNBits takes whole-number zero points only (Q5_1,
+                // Q5_K have fractional ones): those become float32.
+                && (q.bits != 8 || q.zero_points.iter().all(|z| z.fract() == 0.0))
             {
                 self.g.release(t);
                 return Ok(Matrix::Blocks {
