@@ -1202,7 +1202,7 @@ struct RandomLlama {
 
 impl RandomLlama {
     fn matrix(&mut self, rows: usize, cols: usize, scale: f32) -> Matrix {
-        if self.wbits == 32 || cols % 32 != 0 {
+        if self.wbits == 32 || !cols.is_multiple_of(32) {
             return Matrix::Dense { rows, cols, data: self.rng.vec(rows * cols, scale) };
         }
         let levels = 1u64 << self.wbits;

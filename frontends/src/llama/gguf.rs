@@ -154,7 +154,7 @@ impl<'g> GgufWeights<'g> {
 /// Face's row `j * d/2 + i`.
 fn unpermute_rows(m: Matrix, heads: usize) -> Result<Matrix, String> {
     let rows = m.rows();
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(format!("{rows} rows do not split into {heads} heads of even size"));
     }
     let d = rows / heads;

@@ -65,10 +65,10 @@ impl LlamaConfig {
         if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{k} must be at least 1"));
         }
-        if c.heads % c.kv_heads != 0 {
+        if !c.heads.is_multiple_of(c.kv_heads) {
             return Err(format!("heads ({}) is not a multiple of kv_heads ({})", c.heads, c.kv_heads));
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim ({}) must be even for RoPE", c.head_dim));
         }
         if !(c.rope_base.is_finite() && c.rope_base > 1.0) {
