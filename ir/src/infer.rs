@@ -988,6 +988,15 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 o
             }
             "FusedConv" => vec![(ttype(elem(0), conv_shape(g, n, shape(0), shape(1))), None)],
+            // A [..., K] by B [N, K] in blocks: [..., N].
+            "MatMulNBits" => {
+                let s = shape(0).filter(|s| !s.is_empty()).and_then(|mut s| {
+                    let n = node.attrs.get_int("N").filter(|&n| n >= 0)?;
+                    *s.last_mut()? = Dim::known(n);
+                    Some(s)
+                });
+                vec![(ttype(elem(0), s), None)]
+            }
             _ => vec![(None, None); node.outputs().len()],
         },
         _ => vec![(None, None); node.outputs().len()],

@@ -340,3 +340,24 @@ def test_every_block_format_imports_and_matches(optc_bin, tmp_path):
     got = _optc_run(optc_bin, q, ref_q.feeds(ids[:, 11:], past, 11), tmp_path / "o")
     step, _ = ref_q.run(ids[:, 11:], past, 11)
     _close(got["logits"], step, "optc vs onnxruntime decode step")
+
+
+def test_o2_on_imported_llm(optc_bin, imported, text_ids, tmp_path):
+    """The fusions see the imported graph's patterns (RMSNorm after residual Adds -> contrib
+    SkipSimplifiedLayerNormalization, SiLU -> QuickGelu) through MatMulNBits shape inference."""
+    out = tmp_path / "o2.onnx"
+    r = run_optc(optc_bin, ["opt", imported, "-p", "O2", "-o", out], timeout=600)
+    assert r.returncode == 0, describe_run(r)
+    before = onnx.load(str(imported), load_external_data=False)
+    after = onnx.load(str(out), load_external_data=False)
+    ops = {n.op_type for n in after.graph.node}
+    assert "SkipSimplifiedLayerNormalization" in ops, sorted(ops)
+    assert len(after.graph.node) < 0.7 * len(before.graph.node), (len(before.graph.node), len(after.graph.node))
+    a, b = Ort(imported), Ort(out)
+    ids = np.array([text_ids[:20]], np.int64)
+    la, pa = a.run(ids[:, :19])
+    lb, pb = b.run(ids[:, :19])
+    _close(lb, la, "O2 vs imported prefill logits")
+    sa, _ = a.run(ids[:, 19:], pa, 19)
+    sb, _ = b.run(ids[:, 19:], pb, 19)
+    _close(sb, sa, "O2 vs imported decode-step logits")
