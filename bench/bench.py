@@ -778,7 +778,8 @@ def report_llm(w, lm: dict) -> None:
             w(f"| optc / onnxruntime perplexity | {r['ppl'] / o['ppl']:.6f} |")
         w("")
     for name, g in (lm.get("generate") or {}).items():
-        w(f"Greedy generation ({name}): `{g.get('cmd', '').split('generate ', 1)[-1].replace(os.path.expanduser('~'), '~')}`")
+        args = g.get("cmd", "").split(" generate ", 1)[-1].split(" ", 1)[-1]
+        w(f"Greedy generation ({name}): `optc generate smollm2/model.onnx {args}`")
         w("")
         text = (g.get("stdout") or "").strip()
         w("> " + esc(text).replace("\n", "\n> "))
@@ -1577,8 +1578,9 @@ def main() -> int:
     json.dump({"meta": meta, "roundtrip": rt, "optimise": op, "eval": ev, "life": lf, "llm": lm}, open(os.path.join(a.out_dir, "results.json"), "w"),
               indent=1, default=str)
     os.makedirs(os.path.dirname(a.report), exist_ok=True)
+    text = report(a, meta, rt, op, ev, lf, lm)  # before opening: it reads the previous report
     with open(a.report, "w") as f:
-        f.write(report(a, meta, rt, op, ev, lf, lm))
+        f.write(text)
     log(f"wrote {os.path.relpath(a.report, ROOT)} and {os.path.relpath(os.path.join(a.out_dir, 'results.json'), ROOT)}")
     return 0
 
