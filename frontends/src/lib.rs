@@ -4,8 +4,8 @@
 //! memory-mapped, `raw_data` fields become slices of the map and external data files are mapped
 //! too (after the path checks in [`onnx::external`]).
 
-pub mod llama;
 pub mod gguf;
+pub mod llama;
 pub mod onnx;
 pub mod tokenizer;
 
