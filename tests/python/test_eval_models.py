@@ -5,7 +5,9 @@ samples): `optc run MODEL --input name=x.npy ... -o DIR` on seeded inputs, then 
 must match onnxruntime's (graph optimisations off, one thread) to 1e-4 relative to the
 output's largest magnitude (floats; an output whose values all lie below 1e-3, such as a
 near-zero probability, is measured against 1e-3, i.e. to 1e-7 absolute), exactly (integers,
-bools, strings).
+bools, strings). Models that quantise activations (QuantizeLinear, DynamicQuantizeLinear) are
+held to 1e-3: a last-bit difference in a float sum (onnxruntime picks AVX2 or AVX-512 kernels
+by CPU) can move a value across a rounding boundary and flip one 8-bit step downstream.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from optc_helpers import REAL_MODELS, default_models_dir, describe_run, ort_session, random_input, run_optc
 
 MODELS_DIR = default_models_dir()
 RTOL = 1e-4
+RTOL_QUANTISED = 1e-3
+QUANTISING_OPS = {"QuantizeLinear", "DynamicQuantizeLinear"}
 
 _NP_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -39,7 +44,7 @@ def file_name(name: str) -> str:
     return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in name) + ".npy"
 
 
-def compare(name: str, want, got) -> str | None:
+def compare(name: str, want, got, rtol: float = RTOL) -> str | None:
     want = np.asarray(want)
     got = np.asarray(got)
     if want.shape != got.shape:
@@ -57,8 +62,8 @@ def compare(name: str, want, got) -> str | None:
     g = np.nan_to_num(g)
     scale = max(float(np.max(np.abs(w))) if w.size else 0.0, 1e-3)
     diff = float(np.max(np.abs(w - g))) if w.size else 0.0
-    if diff > RTOL * scale:
-        return f"{name}: max |diff| {diff:.3g} is {diff / scale:.3g} of max |value| {scale:.3g} (limit {RTOL})"
+    if diff > rtol * scale:
+        return f"{name}: max |diff| {diff:.3g} is {diff / scale:.3g} of max |value| {scale:.3g} (limit {rtol})"
     return None
 
 
@@ -67,6 +72,8 @@ def test_evaluator_matches_onnxruntime(model: Path, optc_bin, tmp_path):
     if not model.is_file():
         pytest.skip(f"{model} is not in the model cache (run scripts/fetch_models.py)")
     sess = ort_session(model, optimize=False)
+    ops = {n.op_type for n in onnx.load(str(model), load_external_data=False).graph.node}
+    rtol = RTOL_QUANTISED if ops & QUANTISING_OPS else RTOL
     rng = np.random.default_rng(zlib.crc32(model.name.encode()))
     spec = REAL_MODELS.get(model.name, {})
     args = ["run", model, "-o", tmp_path / "out"]
@@ -90,7 +97,7 @@ def test_evaluator_matches_onnxruntime(model: Path, optc_bin, tmp_path):
         if not p.is_file():
             problems.append(f"{o.name}: no output file {p.name}")
             continue
-        d = compare(o.name, w, np.load(p, allow_pickle=True))
+        d = compare(o.name, w, np.load(p, allow_pickle=True), rtol)
         if d:
             problems.append(d)
     assert not problems, f"{model.name}: optc's evaluator differs from onnxruntime:\n- " + "\n- ".join(problems)
