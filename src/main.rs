@@ -137,6 +137,10 @@ struct OptArgs {
     /// Bind symbolic dims for the predicted latency, e.g. --dim batch=1,seq=128.
     #[arg(long = "dim", value_name = "SYM=N", value_delimiter = ',')]
     dims: Vec<String>,
+    /// Calibration inputs for passes that need them (quant-w4 method=awq): DIR/<input>.npy is
+    /// one run, or DIR/<run>/<input>.npy one run per subfolder.
+    #[arg(long, value_name = "DIR")]
+    calib: Option<PathBuf>,
 }
 
 fn parse_external(s: &str) -> Result<ExternalData, String> {
@@ -208,6 +212,33 @@ fn model_disk_size(path: &Path, m: &optc::ir::Model) -> u64 {
     file_size(path) + files.iter().map(|f| file_size(&dir.join(f))).sum::<u64>()
 }
 
+/// `--calib DIR`: the .npy files in DIR (one run), then those of each subfolder (one run each),
+/// in name order; a file's stem names the graph input.
+fn load_calib(dir: &Path) -> anyhow::Result<optc::passes::Calibration> {
+    let sorted = |d: &Path| -> anyhow::Result<Vec<PathBuf>> {
+        let rd = std::fs::read_dir(d).with_context(|| format!("--calib: reading {}", d.display()))?;
+        let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        v.sort();
+        Ok(v)
+    };
+    let run = |d: &Path| -> anyhow::Result<std::collections::HashMap<String, optc::eval::Value>> {
+        let mut feed = std::collections::HashMap::new();
+        for p in sorted(d)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "npy")) {
+            let t = optc::eval::npy::read_npy(&p).with_context(|| format!("--calib: reading {}", p.display()))?;
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            feed.insert(name, optc::eval::Value::Tensor(t));
+        }
+        Ok(feed)
+    };
+    let mut feeds = vec![run(dir)?];
+    for sub in sorted(dir)?.into_iter().filter(|p| p.is_dir()) {
+        feeds.push(run(&sub)?);
+    }
+    feeds.retain(|f| !f.is_empty());
+    anyhow::ensure!(!feeds.is_empty(), "--calib {}: no .npy files in it or its subfolders", dir.display());
+    Ok(optc::passes::Calibration { feeds })
+}
+
 fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     let target = target(&a.target)?;
     let manager = {
@@ -225,6 +256,9 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     cx.explain = a.explain;
     cx.dims = costcmd::parse_dims(&a.dims)?;
     cx.cost_each = !a.quiet;
+    if let Some(dir) = &a.calib {
+        cx.calib = Some(load_calib(dir)?);
+    }
     let predicted_before = (!a.quiet).then(|| cx.predict(model.ir()));
     if let Some(n) = a.max_rewrites {
         cx.budget = Budget::limited(n);

@@ -35,6 +35,13 @@ impl Budget {
     }
 }
 
+/// Calibration data for passes that need activation statistics (AWQ, later GPTQ and static
+/// quantisation): one feed per run, graph input name to value.
+#[derive(Clone, Debug, Default)]
+pub struct Calibration {
+    pub feeds: Vec<std::collections::HashMap<String, optc_eval::Value>>,
+}
+
 pub struct PassContext {
     pub target: Target,
     pub budget: Budget,
@@ -44,6 +51,8 @@ pub struct PassContext {
     pub dims: std::collections::HashMap<String, i64>,
     /// Predict the latency on `target` (LIFE) before and after each pass, for the report.
     pub cost_each: bool,
+    /// Calibration inputs (`--calib`); passes that need some make seeded random ones without.
+    pub calib: Option<Calibration>,
     explanations: Vec<(String, String)>,
     current_pass: String,
 }
@@ -56,6 +65,7 @@ impl PassContext {
             explain: false,
             dims: Default::default(),
             cost_each: false,
+            calib: None,
             explanations: Vec::new(),
             current_pass: String::new(),
         }

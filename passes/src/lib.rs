@@ -17,10 +17,11 @@ pub mod dce;
 pub mod fold;
 pub mod fuse;
 pub mod identity;
+pub mod quant;
 pub mod shape_fold;
 pub mod util;
 
-pub use context::{Budget, PassContext};
+pub use context::{Budget, Calibration, PassContext};
 pub use manager::{PassManager, PassRun, PipelineReport};
 pub use registry::{PassRegistry, Plugin};
 

@@ -34,6 +34,7 @@ impl PassRegistry {
         r.register(crate::fuse::norm::FuseNorm);
         r.register(crate::fuse::act::FuseAct);
         r.register(crate::fuse::qkv::FuseQkv);
+        r.register(crate::quant::w4::QuantW4);
         r
     }
 

@@ -1,0 +1,283 @@
+//! Weight quantisation passes.
+//!
+//! `quant-w4` ([`w4`]) rounds the constant float32 weights of MatMul and Gemm nodes to 4-bit codes
+//! in blocks along K, by round-to-nearest or by AWQ's activation-aware scaling ([`awq`]), and
+//! stores them as `com.microsoft::MatMulNBits` or as a blocked int4/uint4 `DequantizeLinear`
+//! (opset 21) feeding the original node. The block quantiser shared by both lives here.
+
+pub mod awq;
+mod opset;
+pub mod w4;
+
+/// Levels of a 4-bit code.
+const QMAX: f32 = 15.0;
+/// The zero point of symmetric blocks (MatMulNBits' default for 4 bits): codes `q + 8`, `q` in
+/// `-7..=7`.
+pub const SYM_ZP: u8 = 8;
+
+/// A matrix quantised in blocks along its rows: element `(r, c)` is
+/// `(codes[r * cols + c] - zero_points[r * nb + c / block]) * scales[r * nb + c / block]`.
+/// For a weight `W [K, N]` the rows are W's columns (MatMulNBits' layout: row `n` holds column
+/// `n`), so blocks run along K. The last block of a row may be short.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocks {
+    pub rows: usize,
+    pub cols: usize,
+    pub block: usize,
+    pub sym: bool,
+    /// One unsigned 4-bit code per element, row-major `[rows, cols]`.
+    pub codes: Vec<u8>,
+    /// `[rows, nblocks]`.
+    pub scales: Vec<f32>,
+    /// `[rows, nblocks]`, each `0..=15` (always [`SYM_ZP`] when symmetric).
+    pub zero_points: Vec<u8>,
+}
+
+impl Blocks {
+    pub fn nblocks(&self) -> usize {
+        self.cols.div_ceil(self.block)
+    }
+
+    /// The dequantised matrix, row-major `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let nb = self.nblocks();
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let p = r * nb + c / self.block;
+                out[r * self.cols + c] =
+                    (self.codes[r * self.cols + c] as f32 - self.zero_points[p] as f32) * self.scales[p];
+            }
+        }
+        out
+    }
+
+    /// MatMulNBits' `B`: `[rows, nblocks, block / 2]` bytes, low nibble first, the last block
+    /// padded with code 0 (never read: the kernel stops at K).
+    pub fn pack_nbits(&self) -> Vec<u8> {
+        optc_ir::quant::pack_nbits(&self.codes, self.rows, self.cols, 4, self.block)
+    }
+
+    /// MatMulNBits' uint8 `zero_points`: two per byte, low nibble first, each row padded to a
+    /// whole byte (`[rows * ceil(nblocks / 2)]`).
+    pub fn pack_zero_points(&self) -> Vec<u8> {
+        let nb = self.nblocks();
+        let stride = nb.div_ceil(2);
+        let mut out = vec![0u8; self.rows * stride];
+        for r in 0..self.rows {
+            for b in 0..nb {
+                out[r * stride + b / 2] |= self.zero_points[r * nb + b] << ((b % 2) * 4);
+            }
+        }
+        out
+    }
+}
+
+/// Scale and zero point of one block. Asymmetric: the range `[min(x, 0), max(x, 0)]` over 16
+/// levels, zero point `round(-min / scale)`; symmetric: `max |x| / 7`, zero point 8. A block of
+/// zeros (or one whose scale underflows) gets scale 1 and codes equal to the zero point, so it
+/// dequantises to exact zeros.
+#[inline]
+pub fn block_params(v: &[f32], sym: bool) -> (f32, u8) {
+    block_params_clipped(v, sym, 1.0)
+}
+
+/// [`block_params`] for the range shrunk by `ratio` (AWQ's clipping; values outside saturate).
+#[inline]
+pub fn block_params_clipped(v: &[f32], sym: bool, ratio: f32) -> (f32, u8) {
+    if sym {
+        let amax = v.iter().fold(0f32, |m, x| m.max(x.abs())) * ratio;
+        let scale = amax / 7.0;
+        if scale > 0.0 && scale.is_finite() { (scale, SYM_ZP) } else { (1.0, SYM_ZP) }
+    } else {
+        let (mn, mx) = v.iter().fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+        let scale = (mx - mn) * ratio / QMAX;
+        if !(scale > 0.0 && scale.is_finite()) {
+            return (1.0, 0);
+        }
+        let zp = (-mn * ratio / scale).round().clamp(0.0, QMAX) as u8;
+        (scale, zp)
+    }
+}
+
+/// The code of `x` in a block with `scale` and `zp`.
+#[inline]
+pub fn encode(x: f32, scale: f32, zp: u8, sym: bool) -> u8 {
+    let lo = if sym { 1.0 } else { 0.0 };
+    ((x / scale).round() + zp as f32).clamp(lo, QMAX) as u8
+}
+
+/// Quantises `w` (`[rows, cols]`, row-major) in blocks of `block` consecutive columns.
+pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, block: usize, sym: bool) -> Blocks {
+    quantize_rows_clipped(w, rows, cols, block, sym, None)
+}
+
+/// [`quantize_rows`] with each block's range shrunk by `clip[row * nblocks + block]`.
+pub fn quantize_rows_clipped(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    block: usize,
+    sym: bool,
+    clip: Option<&[f32]>,
+) -> Blocks {
+    let nb = cols.div_ceil(block);
+    let mut codes = vec![0u8; rows * cols];
+    let mut scales = vec![0f32; rows * nb];
+    let mut zero_points = vec![0u8; rows * nb];
+    for r in 0..rows {
+        for b in 0..nb {
+            let (c0, c1) = (b * block, ((b + 1) * block).min(cols));
+            let v = &w[r * cols + c0..r * cols + c1];
+            let ratio = clip.map_or(1.0, |c| c[r * nb + b]);
+            let (scale, zp) = block_params_clipped(v, sym, ratio);
+            scales[r * nb + b] = scale;
+            zero_points[r * nb + b] = zp;
+            for (c, &x) in v.iter().enumerate() {
+                codes[r * cols + c0 + c] = encode(x, scale, zp, sym);
+            }
+        }
+    }
+    Blocks { rows, cols, block, sym, codes, scales, zero_points }
+}
+
+/// Quantises and dequantises one block into `out` (AWQ's inner loops: no allocation).
+#[inline]
+pub fn fake_quant_block(v: &[f32], sym: bool, ratio: f32, out: &mut [f32]) {
+    let (scale, zp) = block_params_clipped(v, sym, ratio);
+    for (x, y) in v.iter().zip(out.iter_mut()) {
+        *y = (encode(*x, scale, zp, sym) as f32 - zp as f32) * scale;
+    }
+}
+
+/// Quantises and dequantises one row into `out`, block by block.
+#[inline]
+pub fn fake_quant_row(row: &[f32], block: usize, sym: bool, out: &mut [f32]) {
+    for (v, o) in row.chunks(block).zip(out.chunks_mut(block)) {
+        fake_quant_block(v, sym, 1.0, o);
+    }
+}
+
+/// Packs 4-bit codes two per byte, low nibble first (ONNX int4/uint4 tensors).
+pub fn pack_int4(codes: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; codes.len().div_ceil(2)];
+    for (i, &c) in codes.iter().enumerate() {
+        out[i / 2] |= (c & 0x0F) << ((i % 2) * 4);
+    }
+    out
+}
+
+/// A small deterministic generator (SplitMix64) for sampling and tests.
+#[derive(Clone, Debug)]
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[0, 1)`.
+    #[cfg(test)]
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    #[cfg(test)]
+    pub fn normal(&mut self) -> f32 {
+        let (u, v) = (self.unit().max(1e-300), self.unit());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng(seed);
+        (0..n).map(|_| r.normal()).collect()
+    }
+
+    #[test]
+    fn rtn_round_trip_is_within_half_a_step() {
+        for &(rows, cols, block) in &[(7, 256, 32), (5, 100, 64), (3, 300, 128)] {
+            for sym in [false, true] {
+                let w = random(rows * cols, 11 + cols as u64);
+                let q = quantize_rows(&w, rows, cols, block, sym);
+                assert_eq!(q.scales.len(), rows * cols.div_ceil(block));
+                let d = q.dequantize();
+                let nb = q.nblocks();
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let s = q.scales[r * nb + c / block];
+                        let err = (w[r * cols + c] - d[r * cols + c]).abs();
+                        assert!(err <= s * 0.5001 + 1e-7, "({r},{c}) sym={sym}: err {err} > scale/2 = {}", s / 2.0);
+                    }
+                }
+                let mut fq = vec![0f32; cols];
+                fake_quant_row(&w[..cols], block, sym, &mut fq);
+                assert_eq!(&fq[..], &d[..cols]);
+            }
+        }
+    }
+
+    #[test]
+    fn clipping_shrinks_the_range_and_saturates() {
+        let w: Vec<f32> = (0..16).map(|i| i as f32 - 5.0).collect(); // -5 ..= 10
+        let q = quantize_rows_clipped(&w, 1, 16, 16, false, Some(&[0.5]));
+        assert!((q.scales[0] - 0.5).abs() < 1e-6, "{:?}", q.scales);
+        let d = q.dequantize();
+        assert!((d[15] - 5.0).abs() < 0.26 && (d[0] + 2.5).abs() < 0.26, "{d:?}");
+        assert_eq!(quantize_rows_clipped(&w, 1, 16, 16, true, Some(&[1.0])), quantize_rows(&w, 1, 16, 16, true));
+    }
+
+    #[test]
+    fn zero_and_constant_blocks() {
+        let w = vec![0f32; 64];
+        for sym in [false, true] {
+            let q = quantize_rows(&w, 1, 64, 32, sym);
+            assert!(q.dequantize().iter().all(|&x| x == 0.0));
+            assert!(q.scales.iter().all(|&s| s == 1.0));
+        }
+        // All-positive block: zero is still representable and the max is reached.
+        let w: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 / 31.0).collect();
+        let q = quantize_rows(&w, 1, 32, 32, false);
+        assert_eq!(q.zero_points[0], 0);
+        assert!((q.dequantize()[31] - 2.0).abs() <= q.scales[0] / 2.0);
+    }
+
+    #[test]
+    fn symmetric_codes_are_centred_on_eight() {
+        let w: Vec<f32> = vec![-7.0, -3.5, 0.0, 1.0, 7.0, 3.0, -1.0, 0.49];
+        let q = quantize_rows(&w, 1, 8, 8, true);
+        assert_eq!(q.scales, vec![1.0]);
+        assert_eq!(q.zero_points, vec![8]);
+        // round half away from zero: -3.5 -> -4
+        assert_eq!(q.codes, vec![1, 4, 8, 9, 15, 11, 7, 8]);
+        assert!(q.codes.iter().all(|&c| (1..=15).contains(&c)));
+    }
+
+    #[test]
+    fn asymmetric_zero_point_and_packing() {
+        // min -1, max 2: scale 0.2, zp round(5) = 5.
+        let w = vec![-1.0f32, 2.0, 0.0, 0.2];
+        let q = quantize_rows(&w, 1, 4, 4, false);
+        assert!((q.scales[0] - 0.2).abs() < 1e-7);
+        assert_eq!(q.zero_points, vec![5]);
+        assert_eq!(q.codes, vec![0, 15, 5, 6]);
+        assert_eq!(q.pack_nbits(), vec![0xF0, 0x65]);
+        // 3 blocks per row -> 2 bytes per row of zero points.
+        let q = quantize_rows(&random(2 * 48, 3), 2, 48, 16, false);
+        let zp = q.pack_zero_points();
+        assert_eq!(zp.len(), 4);
+        for r in 0..2 {
+            assert_eq!(zp[r * 2] & 0x0F, q.zero_points[r * 3]);
+            assert_eq!(zp[r * 2] >> 4, q.zero_points[r * 3 + 1]);
+            assert_eq!(zp[r * 2 + 1], q.zero_points[r * 3 + 2]);
+        }
+        assert_eq!(pack_int4(&[1, 2, 3]), vec![0x21, 0x03]);
+    }
+}

@@ -1,0 +1,1002 @@
+//! `quant-w4`: weight-only 4-bit quantisation of MatMul and Gemm weights.
+//!
+//! A `MatMul(x, W)` (or `Gemm(x, B)` with `transA = 0`) whose weight is a 2-D float32 constant
+//! `[K, N]` (`[N, K]` with `transB = 1`) of at least `min_size` elements gets its weight rounded
+//! to 4-bit codes in blocks of `block` consecutive K values per output column, each block with a
+//! float32 scale and (asymmetric, the default) a 4-bit zero point, or (symmetric) codes `q + 8`,
+//! `q` in `-7..=7`.
+//!
+//! Formats: `nbits` replaces the node by `com.microsoft::MatMulNBits` (B `[N, K/block, block/2]`
+//! uint8, scales `[N, K/block]`, packed uint8 zero points; a Gemm's alpha is folded into the
+//! weight and a `[N]` bias, times beta, becomes MatMulNBits' bias input, any other C a separate
+//! Add); `qdq` keeps the node and feeds its weight from a blocked uint4/int4 `DequantizeLinear`
+//! (opset 21: the model's opset is raised when its other ops allow it, see [`super::opset`]);
+//! `auto` follows the target's `quant.weight_format`.
+//!
+//! Methods: `rtn` rounds to nearest. `awq` (activation-aware, training-free) runs the model on
+//! the context's calibration inputs (seeded random ones when there are none), keeps per input
+//! channel mean |x| and a few hundred sample rows of each quantised node's input, and for every
+//! weight searches `s = mean|x|^alpha` over `alpha in {0, 1/grid, ..}` minimising
+//! `|| X W - X diag(1/s) Q(diag(s) W) ||` on those rows. The weight is stored as `Q(diag(s) W)`
+//! and the input is multiplied by `1/s` with an extra elementwise `Mul` before the node (`1/s`
+//! is per K row while the block scales are per block and column, so it cannot fold into them).
+//! alpha 0 is plain RTN and adds no Mul. Then (`clip=true`, AWQ's second step) each block's
+//! range may shrink (ratio 1 down to 0.5) where that lowers the block's output error on the
+//! sample rows. Weights in subgraphs, and all weights when calibration
+//! fails, get RTN.
+//!
+//! Lossy: weights are rounded to 4 bits; every element is within half a block step of the
+//! (scaled) original.
+
+use super::awq::{self, ActStats};
+use super::{SYM_ZP, opset, pack_int4, quantize_rows_clipped};
+use crate::fuse::{add_f32, add_op, ensure_domain};
+use crate::util::{const_tensor, forward_output};
+use crate::{Exactness, OptionSpec, Pass, PassContext, PassError, PassOptions, PassOutcome};
+use optc_cost::WeightFormat;
+use optc_ir::{AttrList, Attribute, DType, Graph, Model, NodeId, Op, Tensor, ValueId};
+use std::collections::{HashMap, HashSet};
+
+pub struct QuantW4;
+
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec { name: "block", default: "128", help: "K values per block: 16, 32, 64, 128 or 256" },
+    OptionSpec {
+        name: "sym",
+        default: "false",
+        help: "symmetric blocks (zero point 8) instead of asymmetric uint4 with a zero point per block",
+    },
+    OptionSpec { name: "method", default: "rtn", help: "rtn (round to nearest) or awq (activation-aware scaling)" },
+    OptionSpec {
+        name: "format",
+        default: "auto",
+        help: "nbits (com.microsoft::MatMulNBits), qdq (int4 DequantizeLinear, opset 21) or auto (the target's)",
+    },
+    OptionSpec { name: "min_size", default: "4096", help: "leave weights with fewer elements in float" },
+    OptionSpec { name: "exclude", default: "", help: "node-name substrings to leave alone, separated by '|'" },
+    OptionSpec { name: "grid", default: "20", help: "awq: alpha values searched (0, 1/grid, ...)" },
+    OptionSpec { name: "clip", default: "true", help: "awq: also search a range shrink per block (AWQ's clipping)" },
+    OptionSpec { name: "rows", default: "256", help: "awq: calibration rows kept per node input for the search" },
+    OptionSpec {
+        name: "runs",
+        default: "4",
+        help: "awq: random input sets to calibrate on when the context has no calibration data",
+    },
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Rtn,
+    Awq,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    NBits,
+    Qdq,
+}
+
+struct Config {
+    block: usize,
+    sym: bool,
+    method: Method,
+    format: Format,
+    min_size: usize,
+    exclude: Vec<String>,
+    grid: usize,
+    clip: bool,
+    rows: usize,
+    runs: usize,
+}
+
+impl Config {
+    fn scheme(&self) -> String {
+        let m = match self.method {
+            Method::Rtn => "rtn",
+            Method::Awq => "awq",
+        };
+        let f = match self.format {
+            Format::NBits => "MatMulNBits",
+            Format::Qdq => "DequantizeLinear",
+        };
+        format!("{m}, block {}, {}, {f}", self.block, if self.sym { "sym" } else { "asym" })
+    }
+}
+
+impl Pass for QuantW4 {
+    fn name(&self) -> &str {
+        "quant-w4"
+    }
+    fn description(&self) -> &str {
+        "weight-only int4 quantisation of MatMul/Gemm weights in blocks along K (RTN or AWQ) as MatMulNBits or \
+         int4 DequantizeLinear; lossy: weights rounded to 4 bits (AWQ adds a Mul by 1/s before each node it scales)"
+    }
+    fn options(&self) -> &[OptionSpec] {
+        OPTIONS
+    }
+    fn exactness(&self) -> Exactness {
+        Exactness::Lossy
+    }
+    fn run(&self, model: &mut Model, cx: &mut PassContext, opts: &PassOptions) -> Result<PassOutcome, PassError> {
+        let Some(cfg) = config(opts, cx)? else { return Ok(PassOutcome::default()) };
+        run(model, cx, &cfg).map(|rewrites| PassOutcome { rewrites })
+    }
+}
+
+fn bad(message: String) -> PassError {
+    PassError::BadOption { pass: "quant-w4".into(), message }
+}
+
+/// The options, or `None` when the target wants no int4 weights (said in a note).
+fn config(opts: &PassOptions, cx: &mut PassContext) -> Result<Option<Config>, PassError> {
+    let block = opts.usize("block")?;
+    if !matches!(block, 16 | 32 | 64 | 128 | 256) {
+        return Err(bad(format!("option 'block' must be 16, 32, 64, 128 or 256, got {block}")));
+    }
+    let method = match opts.get("method").unwrap_or("rtn") {
+        "rtn" => Method::Rtn,
+        "awq" => Method::Awq,
+        m => return Err(bad(format!("option 'method' must be rtn or awq, got '{m}'"))),
+    };
+    let format = match opts.get("format").unwrap_or("auto") {
+        "nbits" => {
+            if !cx.target.contrib_ops {
+                let t = cx.target.name.clone();
+                cx.note(|| {
+                    format!("warning: format=nbits emits com.microsoft::MatMulNBits, which target '{t}' does not run")
+                });
+            }
+            Format::NBits
+        }
+        "qdq" => Format::Qdq,
+        "auto" => match cx.target.quant.weight_format {
+            WeightFormat::Int4MatMulNBits if cx.target.contrib_ops => Format::NBits,
+            WeightFormat::Int4MatMulNBits => {
+                let t = cx.target.name.clone();
+                cx.note(|| format!("target '{t}' prefers MatMulNBits but runs no contrib ops: using DequantizeLinear"));
+                Format::Qdq
+            }
+            WeightFormat::Int4Dq => Format::Qdq,
+            other => {
+                let t = cx.target.name.clone();
+                cx.note(|| {
+                    format!(
+                        "target '{t}' wants {other:?} weights, not int4: nothing done \
+                         (format=nbits or format=qdq forces it)"
+                    )
+                });
+                return Ok(None);
+            }
+        },
+        f => return Err(bad(format!("option 'format' must be auto, nbits or qdq, got '{f}'"))),
+    };
+    let exclude = opts
+        .get("exclude")
+        .unwrap_or("")
+        .split('|')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    Ok(Some(Config {
+        block,
+        sym: opts.bool("sym")?,
+        method,
+        format,
+        min_size: opts.usize("min_size")?,
+        exclude,
+        grid: opts.usize("grid")?.max(1),
+        clip: opts.bool("clip")?,
+        rows: opts.usize("rows")?.max(1),
+        runs: opts.usize("runs")?.max(1),
+    }))
+}
+
+/// A node whose weight will be quantised.
+struct Cand {
+    node: NodeId,
+    name: String,
+    op: Op,
+    x: ValueId,
+    w: ValueId,
+    k: usize,
+    n: usize,
+    /// The weight is stored `[N, K]` (Gemm with transB = 1).
+    trans_b: bool,
+    alpha: f32,
+    beta: f32,
+    c: Option<ValueId>,
+}
+
+/// Nodes to quantise in `g` (not its subgraphs) and, for the others that could have been, why not.
+fn select(g: &Graph, opset: i64, cfg: &Config) -> (Vec<Cand>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut why = Vec::new();
+    let Ok(order) = g.topo_order() else {
+        why.push("the graph has a cycle: nothing quantised".into());
+        return (out, why);
+    };
+    let mut facts = None;
+    for id in order {
+        let node = g.node(id);
+        if !matches!(node.op, Op::MatMul | Op::Gemm) {
+            continue;
+        }
+        let op = node.op.clone();
+        let name = node.display_name();
+        let (Some(x), Some(w)) = (node.input(0), node.input(1)) else { continue };
+        if node.outputs().len() != 1 {
+            continue;
+        }
+        if let Some(pat) = cfg.exclude.iter().find(|p| name.contains(p.as_str())) {
+            why.push(format!("{op} at '{name}': excluded (matches '{pat}')"));
+            continue;
+        }
+        let Some(t) = const_tensor(g, w) else {
+            why.push(format!("{op} at '{name}': weight is not a constant"));
+            continue;
+        };
+        if t.dtype != DType::F32 {
+            why.push(format!("{op} at '{name}': weight is {}, not float32", t.dtype));
+            continue;
+        }
+        if t.dims.len() != 2 || t.dims.iter().any(|&d| d <= 0) {
+            why.push(format!("{op} at '{name}': weight has shape {:?}, not 2-D", t.dims));
+            continue;
+        }
+        let numel = (t.dims[0] * t.dims[1]) as usize;
+        if numel < cfg.min_size {
+            why.push(format!("{op} at '{name}': weight too small ({numel} elements < min_size {})", cfg.min_size));
+            continue;
+        }
+        let facts = facts.get_or_insert_with(|| optc_ir::infer::infer(g, opset));
+        if let Some(dt) = facts.elem(x)
+            && dt != DType::F32
+        {
+            why.push(format!("{op} at '{name}': input is {dt}, not float32"));
+            continue;
+        }
+        if let Some(s) = facts.shape(x)
+            && s.len() < 2
+        {
+            why.push(format!("{op} at '{name}': input has rank {}, MatMulNBits needs 2 or more", s.len()));
+            continue;
+        }
+        let (mut trans_b, mut alpha, mut beta, mut c) = (false, 1.0, 1.0, None);
+        if op == Op::Gemm {
+            if node.attrs.get_int("transA").unwrap_or(0) != 0 {
+                why.push(format!("Gemm at '{name}': transA = 1 is not handled"));
+                continue;
+            }
+            trans_b = node.attrs.get_int("transB").unwrap_or(0) != 0;
+            alpha = node.attrs.get_float("alpha").unwrap_or(1.0);
+            beta = node.attrs.get_float("beta").unwrap_or(1.0);
+            c = node.input(2);
+            if cfg.format == Format::NBits
+                && let Some(cv) = c
+                && beta != 1.0
+                && const_tensor(g, cv).is_none()
+            {
+                why.push(format!("Gemm at '{name}': C is not a constant and beta = {beta} (MatMulNBits has no beta)"));
+                continue;
+            }
+            if !alpha.is_finite() || alpha == 0.0 {
+                why.push(format!("Gemm at '{name}': alpha = {alpha}"));
+                continue;
+            }
+        }
+        let (k, n) =
+            if trans_b { (t.dims[1] as usize, t.dims[0] as usize) } else { (t.dims[0] as usize, t.dims[1] as usize) };
+        out.push(Cand { node: id, name, op, x, w, k, n, trans_b, alpha, beta, c });
+    }
+    (out, why)
+}
+
+/// Counts of what the pass did.
+#[derive(Default)]
+struct Totals {
+    weights: usize,
+    awq_scaled: usize,
+    bytes_before: u64,
+    bytes_after: u64,
+    skipped: usize,
+}
+
+fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, PassError> {
+    let opset = model.opset("").unwrap_or(1);
+    let (main, _) = select(&model.graph, opset, cfg);
+    let any = !main.is_empty() || any_in_subgraphs(&model.graph, opset, cfg);
+    if !any {
+        cx.note(|| "no MatMul/Gemm with a quantisable weight".to_string());
+    }
+    // Calibration sees the model as it came in.
+    let mut stats: Option<HashMap<String, ActStats>> = None;
+    if cfg.method == Method::Awq && !main.is_empty() {
+        let names: HashSet<String> = main.iter().map(|c| model.graph.value(c.x).name.clone()).collect();
+        match awq::calibrate(model, cx, names, cfg.rows, cfg.runs) {
+            Ok(s) => stats = Some(s),
+            Err(e) => cx.note(|| format!("warning: AWQ calibration failed ({e}): falling back to RTN")),
+        }
+    }
+    let mut opset = opset;
+    if cfg.format == Format::Qdq && any && opset < opset::QDQ_OPSET {
+        if let Some(why) = opset::upgrade_blocker(model) {
+            cx.note(|| {
+                format!(
+                    "format=qdq needs opset {} for blocked int4 DequantizeLinear, and {why}: nothing quantised \
+                     (format=nbits works at any opset)",
+                    opset::QDQ_OPSET
+                )
+            });
+            return Ok(0);
+        }
+        let n = opset::upgrade(model);
+        cx.note(|| format!("raised the model from opset {opset} to {} ({n} node(s) rewritten)", opset::QDQ_OPSET));
+        opset = opset::QDQ_OPSET;
+    }
+    let mut totals = Totals::default();
+    let rewrites = process(&mut model.graph, opset, cfg, stats.as_ref(), true, cx, &mut totals);
+    if totals.weights > 0 && cfg.format == Format::NBits {
+        ensure_domain(model, "com.microsoft");
+    }
+    let t = &totals;
+    let ratio = if t.bytes_after > 0 { t.bytes_before as f64 / t.bytes_after as f64 } else { 0.0 };
+    let scheme = cfg.scheme();
+    let (w, a, s, b, af) = (t.weights, t.awq_scaled, t.skipped, t.bytes_before, t.bytes_after);
+    cx.note(|| {
+        format!(
+            "quantised {w} weight(s) to 4 bits ({scheme}{}): {} -> {} ({ratio:.2}x smaller); \
+             {s} MatMul/Gemm node(s) left alone",
+            if cfg.method == Method::Awq { format!(", {a} AWQ-scaled") } else { String::new() },
+            fmt_bytes(b),
+            fmt_bytes(af),
+        )
+    });
+    Ok(rewrites)
+}
+
+fn any_in_subgraphs(g: &Graph, opset: i64, cfg: &Config) -> bool {
+    g.nodes().any(|id| {
+        g.node(id).subgraphs().any(|sg| !select(sg, opset, cfg).0.is_empty() || any_in_subgraphs(sg, opset, cfg))
+    })
+}
+
+fn fmt_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// Quantises the candidates of `g`, its subgraphs first (with RTN: calibration sees the main
+/// graph only).
+fn process(
+    g: &mut Graph,
+    opset: i64,
+    cfg: &Config,
+    stats: Option<&HashMap<String, ActStats>>,
+    main: bool,
+    cx: &mut PassContext,
+    totals: &mut Totals,
+) -> usize {
+    let mut n = 0;
+    let ids: Vec<NodeId> = g.nodes().collect();
+    for id in ids {
+        for sg in g.node_mut(id).subgraphs_mut() {
+            n += process(sg, opset, cfg, None, false, cx, totals);
+        }
+    }
+    let (cands, why) = select(g, opset, cfg);
+    totals.skipped += why.len();
+    for w in why {
+        cx.note(|| w);
+    }
+    // Quantised weights by (weight, layout key), reused by nodes sharing a weight (RTN only).
+    let mut cache: HashMap<(ValueId, u32), Shared> = HashMap::new();
+    for c in &cands {
+        let search = match (cfg.method, stats) {
+            (Method::Awq, Some(st)) => match st.get(&g.value(c.x).name) {
+                Some(a) if a.k == c.k && a.sample_rows() > 0 => Some(a),
+                _ => {
+                    let name = c.name.clone();
+                    cx.note(|| format!("{} at '{name}': no calibration rows for its input: RTN", c.op));
+                    None
+                }
+            },
+            (Method::Awq, None) if !main => {
+                let name = c.name.clone();
+                cx.note(|| format!("{} at '{name}': in a subgraph, which calibration does not see: RTN", c.op));
+                None
+            }
+            _ => None,
+        };
+        if !cx.rewrite() {
+            break;
+        }
+        if quantise(g, c, cfg, search, &mut cache, cx, totals) {
+            n += 1;
+        } else {
+            totals.skipped += 1;
+        }
+    }
+    n
+}
+
+/// Initializers (or a DequantizeLinear output) made for one weight, for nodes sharing it.
+#[derive(Clone)]
+enum Shared {
+    NBits { b: ValueId, scales: ValueId, zp: Option<ValueId> },
+    Qdq { w: ValueId },
+}
+
+/// The weight `[n, k]` (rows are output columns).
+fn weight_rows(g: &Graph, c: &Cand) -> Option<Vec<f32>> {
+    let data = const_tensor(g, c.w)?.to_f32_vec()?;
+    if data.len() != c.k * c.n {
+        return None;
+    }
+    if c.trans_b {
+        return Some(data);
+    }
+    let mut wt = vec![0f32; c.k * c.n];
+    for ki in 0..c.k {
+        for ni in 0..c.n {
+            wt[ni * c.k + ki] = data[ki * c.n + ni];
+        }
+    }
+    Some(wt)
+}
+
+fn add_init(g: &mut Graph, base: &str, dtype: DType, dims: Vec<i64>, bytes: Vec<u8>) -> Option<ValueId> {
+    let name = g.fresh_name(base);
+    g.add_initializer(name.clone(), Tensor::from_raw(Some(name), dtype, dims, bytes.into())).ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantise(
+    g: &mut Graph,
+    c: &Cand,
+    cfg: &Config,
+    act: Option<&ActStats>,
+    cache: &mut HashMap<(ValueId, u32), Shared>,
+    cx: &mut PassContext,
+    totals: &mut Totals,
+) -> bool {
+    let (k, n, block) = (c.k, c.n, cfg.block);
+    let name = c.name.clone();
+    let op = c.op.clone();
+    let Some(mut wt) = weight_rows(g, c) else {
+        cx.note(|| format!("{op} at '{name}': cannot read the weight"));
+        return false;
+    };
+    if wt.iter().any(|x| !x.is_finite()) {
+        cx.note(|| format!("{op} at '{name}': weight has non-finite values"));
+        return false;
+    }
+    // MatMulNBits has no alpha: fold it into the weight (qdq keeps the Gemm and its alpha).
+    let fold_alpha = cfg.format == Format::NBits && c.alpha != 1.0;
+    if fold_alpha {
+        wt.iter_mut().for_each(|v| *v *= c.alpha);
+    }
+    // AWQ: the per-channel scale s (None when alpha 0 wins) and the per-block clipping.
+    let mut s: Option<Vec<f32>> = None;
+    let mut clip: Option<Vec<f32>> = None;
+    if let Some(a) = act {
+        let acts = a.acts();
+        let res = awq::search(&wt, n, k, block, cfg.sym, &a.mean_abs(), &acts, cfg.grid);
+        let gain = if res.err_rtn > 0.0 { 100.0 * (1.0 - res.err / res.err_rtn) } else { 0.0 };
+        let rows = a.sample_rows();
+        cx.note(|| {
+            format!(
+                "{op} at '{name}': AWQ alpha {:.2} on {rows} rows, estimated output error {:.3e} \
+                 vs RTN {:.3e} ({gain:.1}% lower)",
+                res.alpha, res.err, res.err_rtn
+            )
+        });
+        if res.alpha > 0.0 {
+            for row in wt.chunks_mut(k) {
+                row.iter_mut().zip(&res.s).for_each(|(v, f)| *v *= f);
+            }
+            s = Some(res.s);
+        }
+        if cfg.clip {
+            let xs = match &s {
+                Some(s) => acts.scaled_by_inverse(s),
+                None => acts,
+            };
+            let (ratios, err, err1) = awq::clip_search(&wt, n, k, block, cfg.sym, &xs, cfg.grid);
+            let clipped = ratios.iter().filter(|&&r| r < 1.0).count();
+            let gain = if err1 > 0.0 { 100.0 * (1.0 - err / err1) } else { 0.0 };
+            let total = ratios.len();
+            cx.note(|| {
+                format!(
+                    "{op} at '{name}': AWQ clipping shrinks {clipped} of {total} blocks, block error {err:.3e} vs \
+                     {err1:.3e} ({gain:.1}% lower)"
+                )
+            });
+            if clipped > 0 {
+                clip = Some(ratios);
+            }
+        }
+    }
+    let key = (c.w, if fold_alpha { c.alpha.to_bits() } else { 0 });
+    let cached = if act.is_none() { cache.get(&key).cloned() } else { None };
+    let wname = g.value(c.w).name.clone();
+    let before = 4 * (k * n) as u64;
+    let mut after = 0u64;
+    // The node's input, divided by s.
+    let x = match &s {
+        Some(s) => {
+            let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+            let Some(iv) = add_f32(g, &format!("{wname}.awq_inv_s"), vec![k as i64], &inv) else { return false };
+            after += 4 * k as u64;
+            let Some(xs) = add_op(g, Op::Mul, vec![Some(c.x), Some(iv)], vec![], &format!("{name}_awq_scale"), c.node)
+            else {
+                return false;
+            };
+            xs
+        }
+        None => c.x,
+    };
+    let shared = match cached {
+        Some(sh) => sh,
+        None => {
+            let q = quantize_rows_clipped(&wt, n, k, block, cfg.sym, clip.as_deref());
+            let nb = q.nblocks();
+            let sh = match cfg.format {
+                Format::NBits => {
+                    let packed = q.pack_nbits();
+                    let sbytes: Vec<u8> = q.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    after += (packed.len() + sbytes.len()) as u64;
+                    let dims = vec![n as i64, nb as i64, (block / 2) as i64];
+                    let Some(b) = add_init(g, &format!("{wname}.q4"), DType::U8, dims, packed) else { return false };
+                    let Some(sc) =
+                        add_init(g, &format!("{wname}.scales"), DType::F32, vec![n as i64, nb as i64], sbytes)
+                    else {
+                        return false;
+                    };
+                    let zp = if cfg.sym {
+                        None
+                    } else {
+                        let z = q.pack_zero_points();
+                        after += z.len() as u64;
+                        let len = z.len() as i64;
+                        let Some(zv) = add_init(g, &format!("{wname}.zero_points"), DType::U8, vec![len], z) else {
+                            return false;
+                        };
+                        Some(zv)
+                    };
+                    Shared::NBits { b, scales: sc, zp }
+                }
+                Format::Qdq => {
+                    // The stored weight keeps B's layout: [N, K] blocked on axis 1 (transB) or
+                    // [K, N] blocked on axis 0.
+                    let (codes, scales, zps, wdims, sdims, axis) = if c.trans_b {
+                        (q.codes.clone(), q.scales.clone(), q.zero_points.clone(), [n, k], [n, nb], 1)
+                    } else {
+                        let mut codes = vec![0u8; k * n];
+                        for ni in 0..n {
+                            for ki in 0..k {
+                                codes[ki * n + ni] = q.codes[ni * k + ki];
+                            }
+                        }
+                        let (mut sc, mut zp) = (vec![0f32; nb * n], vec![0u8; nb * n]);
+                        for ni in 0..n {
+                            for b in 0..nb {
+                                sc[b * n + ni] = q.scales[ni * nb + b];
+                                zp[b * n + ni] = q.zero_points[ni * nb + b];
+                            }
+                        }
+                        (codes, sc, zp, [k, n], [nb, n], 0)
+                    };
+                    let (dt, codes) = if cfg.sym {
+                        // int4 two's complement of q = code - 8; no zero point.
+                        (DType::I4, codes.iter().map(|&c| (c as i8 - SYM_ZP as i8) as u8 & 0x0F).collect())
+                    } else {
+                        (DType::U4, codes)
+                    };
+                    let packed = pack_int4(&codes);
+                    let sbytes: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    after += (packed.len() + sbytes.len()) as u64;
+                    let wd: Vec<i64> = wdims.iter().map(|&d| d as i64).collect();
+                    let sd: Vec<i64> = sdims.iter().map(|&d| d as i64).collect();
+                    let Some(qv) = add_init(g, &format!("{wname}.q4"), dt, wd, packed) else { return false };
+                    let Some(sv) = add_init(g, &format!("{wname}.scales"), DType::F32, sd.clone(), sbytes) else {
+                        return false;
+                    };
+                    let zv = if cfg.sym {
+                        None
+                    } else {
+                        let z = pack_int4(&zps);
+                        after += z.len() as u64;
+                        let Some(zv) = add_init(g, &format!("{wname}.zero_points"), DType::U4, sd, z) else {
+                            return false;
+                        };
+                        Some(zv)
+                    };
+                    let attrs = vec![Attribute::int("axis", axis), Attribute::int("block_size", block as i64)];
+                    let dq_name = format!("{wname}_DequantizeLinear");
+                    let Some(w) =
+                        add_op(g, Op::DequantizeLinear, vec![Some(qv), Some(sv), zv], attrs, &dq_name, c.node)
+                    else {
+                        return false;
+                    };
+                    Shared::Qdq { w }
+                }
+            };
+            if act.is_none() {
+                cache.insert(key, sh.clone());
+            }
+            sh
+        }
+    };
+    let ok = match &shared {
+        Shared::Qdq { w } => {
+            g.set_input(c.node, 1, Some(*w));
+            if x != c.x {
+                g.set_input(c.node, 0, Some(x));
+            }
+            true
+        }
+        Shared::NBits { b, scales, zp } => to_nbits(g, c, cfg, x, *b, *scales, *zp, &mut after, cx),
+    };
+    if !ok {
+        return false;
+    }
+    if g.contains_value(c.w) && g.is_unused(c.w) {
+        // The float weight is gone (a Constant producing it is dropped too).
+        if g.producer(c.w).is_some() {
+            crate::fuse::drop_dead_from(g, c.w);
+        } else if !g.is_graph_input(c.w) {
+            g.remove_value(c.w);
+        }
+        totals.bytes_before += before;
+    } else {
+        let wn = wname.clone();
+        cx.note(|| format!("{op} at '{name}': float weight '{wn}' still read by other nodes"));
+    }
+    totals.bytes_after += after;
+    totals.weights += 1;
+    totals.awq_scaled += usize::from(s.is_some());
+    let (sch, fb, fa) = (cfg.scheme(), fmt_bytes(before), fmt_bytes(after));
+    cx.note(|| format!("{op} at '{name}': [K={k}, N={n}] weight quantised ({sch}): {fb} -> {fa}"));
+    true
+}
+
+/// Whether a C of `dims` (with `len` values) is one value per output column (or one in all).
+fn per_column(dims: &[i64], len: usize, n: usize) -> bool {
+    let leading_ones = dims.iter().rev().skip(1).all(|&d| d == 1);
+    leading_ones && (len == 1 || len == n && dims.last() == Some(&(n as i64)))
+}
+
+/// Rewrites the node as MatMulNBits reading `x` (a Gemm's C as the bias input or an Add).
+#[allow(clippy::too_many_arguments)]
+fn to_nbits(
+    g: &mut Graph,
+    c: &Cand,
+    cfg: &Config,
+    x: ValueId,
+    b: ValueId,
+    scales: ValueId,
+    zp: Option<ValueId>,
+    after: &mut u64,
+    cx: &mut PassContext,
+) -> bool {
+    let attrs = vec![
+        Attribute::int("K", c.k as i64),
+        Attribute::int("N", c.n as i64),
+        Attribute::int("bits", 4),
+        Attribute::int("block_size", cfg.block as i64),
+        Attribute::int("accuracy_level", 0),
+    ];
+    let nbits = Op::from_onnx("com.microsoft", "MatMulNBits");
+    let mut inputs = vec![Some(x), Some(b), Some(scales), zp];
+    // A Gemm's C: a [N] (or [1, N], or scalar) constant becomes the bias input, times beta;
+    // anything else is added after the MatMulNBits.
+    let mut add_after: Option<ValueId> = None;
+    if let Some(cv) = c.c {
+        match const_tensor(g, cv).and_then(|t| Some((t.to_f32_vec()?, t.dims.clone()))) {
+            Some((data, dims)) if per_column(&dims, data.len(), c.n) => {
+                let bias: Vec<f32> = if data.len() == 1 {
+                    vec![data[0] * c.beta; c.n]
+                } else {
+                    data.iter().map(|v| v * c.beta).collect()
+                };
+                let wname = g.value(c.w).name.clone();
+                let Some(bv) = add_f32(g, &format!("{wname}.bias"), vec![c.n as i64], &bias) else { return false };
+                *after += 4 * c.n as u64;
+                inputs.extend([None, Some(bv)]);
+            }
+            Some((data, dims)) => {
+                let scaled: Vec<f32> = data.iter().map(|v| v * c.beta).collect();
+                let wname = g.value(c.w).name.clone();
+                let Some(cv2) = add_f32(g, &format!("{wname}.c"), dims, &scaled) else { return false };
+                add_after = Some(cv2);
+            }
+            None => add_after = Some(cv),
+        }
+    }
+    match add_after {
+        None => {
+            while inputs.last() == Some(&None) {
+                inputs.pop();
+            }
+            let node = g.node_mut(c.node);
+            node.op = nbits;
+            node.domain_raw = None;
+            node.attrs = attrs;
+            g.set_inputs(c.node, inputs);
+            true
+        }
+        Some(cv) => {
+            while inputs.last() == Some(&None) {
+                inputs.pop();
+            }
+            let base = c.name.clone();
+            let Some(y) = add_op(g, nbits, inputs, attrs, &format!("{base}_MatMulNBits"), c.node) else { return false };
+            let Some(z) = add_op(g, Op::Add, vec![Some(y), Some(cv)], vec![], &format!("{base}_bias"), c.node) else {
+                return false;
+            };
+            if !forward_output(g, c.node, z) {
+                let name = c.name.clone();
+                cx.note(|| format!("Gemm at '{name}': writes a graph output that cannot be renamed"));
+                crate::fuse::drop_dead_from(g, z);
+                return false;
+            }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::Rng;
+    use crate::{PassManager, PassRegistry};
+    use optc_eval::{Evaluator, Value};
+    use optc_ir::builder::GraphBuilder;
+    use optc_ir::{Dim, Type};
+
+    fn randn(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng(seed);
+        (0..n).map(|_| r.normal()).collect()
+    }
+
+    fn f32_value(dims: &[i64], data: &[f32]) -> Value {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let t = optc_ir::Tensor::from_raw(None, DType::F32, dims.to_vec(), bytes.into());
+        Value::Tensor(optc_eval::Tensor::from_ir(&t).unwrap())
+    }
+
+    /// MatMul(x [m, k], W [k, n]) -> y.
+    fn matmul_model(m: i64, k: i64, n: i64, w: &[f32], opset: i64) -> Model {
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::F32, vec![Dim::known(m), Dim::known(k)]).unwrap();
+        let wv = b.init_f32("W", &[k, n], w).unwrap();
+        let y = b.op(Op::MatMul, &[x, wv], vec![]).unwrap();
+        b.output(y, "y", Some(Type::tensor(DType::F32, vec![Dim::known(m), Dim::known(n)]))).unwrap();
+        Model::new(b.finish(), opset)
+    }
+
+    fn run_pipeline(model: &mut Model, pipeline: &str) -> Vec<(String, String)> {
+        let mut cx = PassContext::new(optc_cost::Target::cpu());
+        cx.explain = true;
+        let pm = PassManager::new(PassRegistry::with_builtins());
+        pm.run(model, pipeline, &mut cx).unwrap();
+        optc_ir::verify::verify_model(model).unwrap();
+        cx.explanations().to_vec()
+    }
+
+    fn eval(model: &Model, x: &Value) -> Vec<f32> {
+        let ev = Evaluator::new(model).unwrap();
+        let feeds = [("x".to_string(), x.clone())].into_iter().collect();
+        let out = ev.run(&feeds).unwrap();
+        out[0].1.tensor().unwrap().to_f64_vec().unwrap().into_iter().map(|v| v as f32).collect()
+    }
+
+    fn ops(model: &Model) -> Vec<String> {
+        let g = &model.graph;
+        let mut v: Vec<String> = g.nodes().map(|id| g.node(id).op.op_type().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Output error bound: sum_k |x_k| * scale/2 of the worst block per column, with slack.
+    #[allow(clippy::too_many_arguments)]
+    fn check_close(x: &[f32], want: &[f32], got: &[f32], m: usize, k: usize, n: usize, w: &[f32], block: usize) {
+        // scale <= (max - min) / 15 of a block <= 2 max|w| / 15 overall.
+        let wmax = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let step = 2.0 * wmax / 15.0;
+        for r in 0..m {
+            let xs: f32 = x[r * k..(r + 1) * k].iter().map(|v| v.abs()).sum();
+            for c in 0..n {
+                let (a, b) = (want[r * n + c], got[r * n + c]);
+                assert!((a - b).abs() <= xs * step / 2.0 * 1.01 + 1e-4, "[{r},{c}] {a} vs {b} (block {block})");
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_becomes_matmulnbits_and_matches_within_the_step() {
+        let (m, k, n) = (3usize, 100usize, 48usize);
+        let w = randn(k * n, 1);
+        let xv = randn(m * k, 2);
+        let x = f32_value(&[m as i64, k as i64], &xv);
+        for (block, sym) in [(32, false), (64, true), (128, false)] {
+            let mut model = matmul_model(m as i64, k as i64, n as i64, &w, 17);
+            let want = eval(&model, &x);
+            let notes =
+                run_pipeline(&mut model, &format!("quant-w4(block={block},sym={sym},min_size=16,format=nbits)"));
+            assert_eq!(ops(&model), vec!["MatMulNBits"], "{notes:?}");
+            assert_eq!(model.opset("com.microsoft"), Some(1));
+            let g = &model.graph;
+            let id = g.nodes().next().unwrap();
+            let node = g.node(id);
+            assert_eq!(node.attrs.get_int("K"), Some(k as i64));
+            assert_eq!(node.attrs.get_int("N"), Some(n as i64));
+            assert_eq!(node.attrs.get_int("block_size"), Some(block as i64));
+            let nb = k.div_ceil(block) as i64;
+            let dims = |i: usize| g.const_tensor(node.input(i).unwrap()).unwrap().dims.clone();
+            assert_eq!(dims(1), vec![n as i64, nb, block as i64 / 2]);
+            assert_eq!(dims(2), vec![n as i64, nb]);
+            if sym {
+                assert_eq!(node.input(3), None);
+            } else {
+                assert_eq!(dims(3), vec![n as i64 * ((nb + 1) / 2)]);
+            }
+            // The float weight is gone.
+            assert!(g.find_value("W_1").is_none());
+            let got = eval(&model, &x);
+            check_close(&xv, &want, &got, m, k, n, &w, block);
+            assert!(notes.iter().any(|(_, l)| l.contains("quantised 1 weight(s)")), "{notes:?}");
+        }
+    }
+
+    #[test]
+    fn qdq_format_raises_the_opset_and_matches() {
+        let (m, k, n) = (2usize, 64usize, 40usize);
+        let w = randn(k * n, 3);
+        let xv = randn(m * k, 4);
+        let x = f32_value(&[m as i64, k as i64], &xv);
+        for sym in [false, true] {
+            let mut model = matmul_model(m as i64, k as i64, n as i64, &w, 17);
+            let want = eval(&model, &x);
+            run_pipeline(&mut model, &format!("quant-w4(block=32,sym={sym},min_size=16,format=qdq)"));
+            assert_eq!(ops(&model), vec!["DequantizeLinear", "MatMul"]);
+            assert_eq!(model.opset(""), Some(21));
+            assert_eq!(model.ir_version, Some(10));
+            let got = eval(&model, &x);
+            check_close(&xv, &want, &got, m, k, n, &w, 32);
+            // Same codes as the MatMulNBits form (up to the order of the float sums).
+            let mut nb = matmul_model(m as i64, k as i64, n as i64, &w, 17);
+            run_pipeline(&mut nb, &format!("quant-w4(block=32,sym={sym},min_size=16,format=nbits)"));
+            for (a, b) in eval(&nb, &x).iter().zip(&got) {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+        // Opset 11 cannot move to 21: explained, nothing done.
+        let mut model = matmul_model(m as i64, k as i64, n as i64, &w, 11);
+        let notes = run_pipeline(&mut model, "quant-w4(min_size=16,format=qdq)");
+        assert_eq!(ops(&model), vec!["MatMul"]);
+        assert!(notes.iter().any(|(_, l)| l.contains("opset 11")), "{notes:?}");
+    }
+
+    #[test]
+    fn gemm_with_trans_b_alpha_and_bias() {
+        let (m, k, n) = (4usize, 64usize, 24usize);
+        let bt = randn(n * k, 5); // [N, K]
+        let bias = randn(n, 6);
+        let xv = randn(m * k, 7);
+        let x = f32_value(&[m as i64, k as i64], &xv);
+        for (c_dims, fmt) in [(vec![n as i64], "nbits"), (vec![m as i64, n as i64], "nbits"), (vec![n as i64], "qdq")] {
+            let cdata: Vec<f32> = if c_dims.len() == 2 { randn(m * n, 8) } else { bias.clone() };
+            let mut b = GraphBuilder::new("g");
+            let xi = b.input("x", DType::F32, vec![Dim::known(m as i64), Dim::known(k as i64)]).unwrap();
+            let wv = b.init_f32("B", &[n as i64, k as i64], &bt).unwrap();
+            let cv = b.init_f32("C", &c_dims, &cdata).unwrap();
+            let attrs =
+                vec![Attribute::int("transB", 1), Attribute::float("alpha", 0.5), Attribute::float("beta", 2.0)];
+            let y = b.op(Op::Gemm, &[xi, wv, cv], attrs).unwrap();
+            b.output(y, "y", Some(Type::tensor(DType::F32, vec![Dim::known(m as i64), Dim::known(n as i64)]))).unwrap();
+            let mut model = Model::new(b.finish(), 17);
+            let want = eval(&model, &x);
+            run_pipeline(&mut model, &format!("quant-w4(block=32,min_size=16,format={fmt})"));
+            let o = ops(&model);
+            match (fmt, c_dims.len()) {
+                ("nbits", 1) => assert_eq!(o, vec!["MatMulNBits"]),
+                ("nbits", _) => assert_eq!(o, vec!["Add", "MatMulNBits"]),
+                _ => assert_eq!(o, vec!["DequantizeLinear", "Gemm"]),
+            }
+            let got = eval(&model, &x);
+            // alpha 0.5 scales the weight error too.
+            let half: Vec<f32> = bt.iter().map(|v| v * 0.5).collect();
+            let wkn: Vec<f32> = (0..k * n).map(|i| half[(i % n) * k + i / n]).collect();
+            check_close(&xv, &want, &got, m, k, n, &wkn, 32);
+        }
+    }
+
+    #[test]
+    fn skipped_nodes_are_explained() {
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::F32, vec![Dim::known(2), Dim::known(64)]).unwrap();
+        let x2 = b.input("x2", DType::F32, vec![Dim::known(64), Dim::known(64)]).unwrap();
+        let small = b.init_f32("small", &[64, 8], &randn(64 * 8, 1)).unwrap();
+        let big = b.init_f32("big", &[64, 128], &randn(64 * 128, 2)).unwrap();
+        let y1 = b.op(Op::MatMul, &[x, x2], vec![]).unwrap();
+        let y2 = b.op(Op::MatMul, &[y1, small], vec![]).unwrap();
+        let y3 = b.op(Op::MatMul, &[x, big], vec![]).unwrap();
+        b.output(y2, "y2", None).unwrap();
+        b.output(y3, "y3", None).unwrap();
+        let g = b.finish();
+        let names: Vec<String> = g.nodes().map(|id| g.node(id).display_name()).collect();
+        let mut model = Model::new(g, 17);
+        let notes = run_pipeline(&mut model, &format!("quant-w4(format=nbits,exclude=zzz|{})", names[2]));
+        let text: Vec<&str> = notes.iter().map(|(_, l)| l.as_str()).collect();
+        let has = |s: &str| text.iter().any(|l| l.contains(s));
+        assert!(has(&format!("MatMul at '{}': weight is not a constant", names[0])), "{text:?}");
+        assert!(has(&format!("MatMul at '{}': weight too small (512 elements < min_size 4096)", names[1])), "{text:?}");
+        assert!(has(&format!("MatMul at '{}': excluded", names[2])), "{text:?}");
+        assert!(has("quantised 0 weight(s)"), "{text:?}");
+        assert_eq!(ops(&model), vec!["MatMul"; 3]);
+        // Targets that keep float weights: nothing happens unless a format is forced.
+        let mut t = optc_cost::Target::cpu();
+        t.quant.weight_format = WeightFormat::None;
+        let mut cx = PassContext::new(t);
+        cx.explain = true;
+        let pm = PassManager::new(PassRegistry::with_builtins());
+        let r = pm.run(&mut model, "quant-w4", &mut cx).unwrap();
+        assert_eq!(r.total_rewrites(), 0);
+        assert!(cx.explanations().iter().any(|(_, l)| l.contains("not int4")));
+        let e = pm.run(&mut model, "quant-w4(block=48)", &mut cx).err().unwrap().to_string();
+        assert!(e.contains("block"), "{e}");
+    }
+
+    #[test]
+    fn shared_weights_are_quantised_once() {
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::F32, vec![Dim::known(2), Dim::known(64)]).unwrap();
+        let w = b.init_f32("w", &[64, 64], &randn(64 * 64, 9)).unwrap();
+        let y1 = b.op(Op::MatMul, &[x, w], vec![]).unwrap();
+        let y2 = b.op(Op::MatMul, &[y1, w], vec![]).unwrap();
+        b.output(y2, "y", None).unwrap();
+        let mut model = Model::new(b.finish(), 17);
+        run_pipeline(&mut model, "quant-w4(format=nbits,block=32)");
+        assert_eq!(ops(&model), vec!["MatMulNBits"; 2]);
+        // B, scales and zero points once.
+        assert_eq!(model.graph.initializers.len(), 3);
+    }
+
+    #[test]
+    fn awq_scales_inputs_and_is_no_worse_than_rtn() {
+        // Inputs with outlier channels, given as calibration data.
+        let (m, k, n) = (64usize, 128usize, 64usize);
+        let w = randn(k * n, 10);
+        let mut r = Rng(11);
+        let xv: Vec<f32> = (0..m * k).map(|i| r.normal() * if i % k % 32 == 5 { 25.0 } else { 1.0 }).collect();
+        let x = f32_value(&[m as i64, k as i64], &xv);
+        let base = matmul_model(m as i64, k as i64, n as i64, &w, 17);
+        let want = eval(&base, &x);
+        let mse = |got: &[f32]| got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        let mut rtn = base.clone();
+        run_pipeline(&mut rtn, "quant-w4(format=nbits,block=32)");
+        let mut awq = base.clone();
+        let mut cx = PassContext::new(optc_cost::Target::cpu());
+        cx.explain = true;
+        cx.calib = Some(crate::Calibration { feeds: vec![[("x".to_string(), x.clone())].into_iter().collect()] });
+        PassManager::new(PassRegistry::with_builtins())
+            .run(&mut awq, "quant-w4(format=nbits,block=32,method=awq)", &mut cx)
+            .unwrap();
+        optc_ir::verify::verify_model(&awq).unwrap();
+        assert_eq!(ops(&awq), vec!["MatMulNBits", "Mul"], "{:?}", cx.explanations());
+        let (e_rtn, e_awq) = (mse(&eval(&rtn, &x)), mse(&eval(&awq, &x)));
+        assert!(e_awq < 0.9 * e_rtn, "awq {e_awq} rtn {e_rtn}");
+        // Without calibration data: random inputs, with a warning.
+        let mut awq2 = base.clone();
+        let notes = run_pipeline(&mut awq2, "quant-w4(format=qdq,block=32,method=awq)");
+        assert!(notes.iter().any(|(_, l)| l.contains("no calibration data")), "{notes:?}");
+        assert!(notes.iter().any(|(_, l)| l.contains("AWQ alpha")), "{notes:?}");
+    }
+}
