@@ -102,7 +102,7 @@ fn usage(msg: String) -> anyhow::Error {
 }
 
 fn is_gguf(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    optc::is_gguf(path)
 }
 
 /// The tokenizer for `model`: `--tokenizer`, the .gguf's own vocabulary, or tokenizer.json
@@ -122,18 +122,6 @@ fn tokenizer_for(model: &Path, explicit: Option<&Path>) -> anyhow::Result<Tokeni
         "no tokenizer for {}: give --tokenizer FILE (optc import writes tokenizer.json beside the model)",
         model.display()
     )))
-}
-
-/// Reads a text file as UTF-8, or as Latin-1 (saying so) when it is not.
-fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("note: {} is not UTF-8; reading it as Latin-1", path.display());
-            e.into_bytes().iter().map(|&b| b as char).collect()
-        }
-    })
 }
 
 pub fn import(a: ImportArgs) -> anyhow::Result<()> {
@@ -185,7 +173,7 @@ fn ppl(a: PplArgs) -> anyhow::Result<()> {
         return Err(usage(format!("need --ctx >= 2 and 0 < --stride <= --ctx (got ctx {}, stride {stride})", a.ctx)));
     }
     let tok = tokenizer_for(&a.model, a.tok.tokenizer.as_deref())?;
-    let text = read_text(&a.text)?;
+    let text = crate::tokcmd::read_text(&a.text)?;
     let mut ids = tok.encode(&text);
     if let Some(n) = a.max_tokens {
         ids.truncate(n);

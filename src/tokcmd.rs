@@ -149,7 +149,7 @@ pub fn run(a: TokenizeArgs) -> anyhow::Result<()> {
 }
 
 /// The file's text: UTF-8, or else Latin-1 (every byte one character), said on stderr.
-fn read_text(path: &Path) -> anyhow::Result<String> {
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     match String::from_utf8(bytes) {
         Ok(s) => Ok(s),

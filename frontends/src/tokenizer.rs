@@ -519,24 +519,7 @@ impl Tokenizer {
             self.bpe(w.as_bytes(), scratch, out);
             cache.insert(w, out[start..].to_vec());
         };
-        match self.pre {
-            PreTokenizer::Gpt2 => gpt2_split(s, &mut word),
-            PreTokenizer::DigitsThenGpt2 => {
-                let mut last = 0;
-                for (i, c) in s.char_indices() {
-                    if c.is_numeric() {
-                        if last < i {
-                            gpt2_split(&s[last..i], &mut word);
-                        }
-                        last = i + c.len_utf8();
-                        word(&s[i..last]);
-                    }
-                }
-                if last < s.len() {
-                    gpt2_split(&s[last..], &mut word);
-                }
-            }
-        }
+        pre_split(self.pre, s, &mut word);
     }
 
     /// BPE on one word's bytes: merge the adjacent pair of lowest rank (leftmost on ties) until no
@@ -659,6 +642,29 @@ fn class(c: char) -> Class {
 
 /// The GPT-2 split of `s`: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`,
 /// leftmost-first like the regex engine, every character in exactly one word.
+/// Splits `s` into pre-tokens as `pre` does: the GPT-2 pattern, after (for
+/// `DigitsThenGpt2`) every numeric character on its own.
+fn pre_split<'a>(pre: PreTokenizer, s: &'a str, emit: &mut impl FnMut(&'a str)) {
+    match pre {
+        PreTokenizer::Gpt2 => gpt2_split(s, emit),
+        PreTokenizer::DigitsThenGpt2 => {
+            let mut last = 0;
+            for (i, c) in s.char_indices() {
+                if c.is_numeric() {
+                    if last < i {
+                        gpt2_split(&s[last..i], emit);
+                    }
+                    last = i + c.len_utf8();
+                    emit(&s[i..last]);
+                }
+            }
+            if last < s.len() {
+                gpt2_split(&s[last..], emit);
+            }
+        }
+    }
+}
+
 fn gpt2_split<'a>(s: &'a str, emit: &mut impl FnMut(&'a str)) {
     let b = s.as_bytes();
     let char_at = |i: usize| s[i..].chars().next();
@@ -1150,26 +1156,7 @@ mod tests {
 
     fn split(pre: PreTokenizer, s: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let mut push = |w: &str| out.push(w.to_string());
-        match pre {
-            PreTokenizer::Gpt2 => gpt2_split(s, &mut push),
-            PreTokenizer::DigitsThenGpt2 => {
-                // The same walk as `encode_text`.
-                let mut last = 0;
-                for (i, c) in s.char_indices() {
-                    if c.is_numeric() {
-                        if last < i {
-                            gpt2_split(&s[last..i], &mut push);
-                        }
-                        last = i + c.len_utf8();
-                        push(&s[i..last]);
-                    }
-                }
-                if last < s.len() {
-                    gpt2_split(&s[last..], &mut push);
-                }
-            }
-        }
+        pre_split(pre, s, &mut |w: &str| out.push(w.to_string()));
         out
     }
 

@@ -570,15 +570,13 @@ impl Builder {
                 let zp = if zero_points.iter().all(|&z| z == default_zp) {
                     None
                 } else if integral {
-                    // uint8 zero points, packed like the codes, each row padded to whole bytes.
+                    // uint8 zero points, packed like the codes, each row padded to whole bytes:
+                    // one block per row, as wide as the row rounded up to whole bytes.
                     let per_byte = 8 / *bits as usize;
-                    let stride = nb.div_ceil(per_byte);
-                    let mut packed = vec![0u8; n * stride];
-                    for (i, &z) in zero_points.iter().enumerate() {
-                        let (r, bl) = (i / nb, i % nb);
-                        packed[r * stride + bl / per_byte] |= (z as u8) << ((bl % per_byte) * *bits as usize);
-                    }
-                    Some(self.init(&format!("{prefix}.zero_points"), DType::U8, &[(n * stride) as i64], packed)?)
+                    let zcodes: Vec<u8> = zero_points.iter().map(|&z| z as u8).collect();
+                    let packed = optc_ir::quant::pack_nbits(&zcodes, n, nb, *bits, nb.div_ceil(per_byte) * per_byte);
+                    let len = packed.len() as i64;
+                    Some(self.init(&format!("{prefix}.zero_points"), DType::U8, &[len], packed)?)
                 } else if *bits == 8 {
                     // onnxruntime's CPU kernel takes float zero points for 2 and 4 bits only.
                     return Err(format!("{prefix}: 8-bit blocks with fractional zero points cannot be MatMulNBits"));
