@@ -41,7 +41,12 @@ pub fn input_shape(g: &Graph, name: &str, dims: &HashMap<String, i64>) -> Result
     let mut out = Vec::with_capacity(shape.len());
     for (i, d) in shape.iter().enumerate() {
         out.push(match &d.value {
-            DimValue::Known(k) => usize::try_from(*k).map_err(|_| err(format!("dim {i} is negative")))?,
+            // Some exporters write -1 for a dynamic dim: it is bound like an unnamed one.
+            DimValue::Known(k) if *k < 0 => match dims.get(&format!("{name}:{i}")) {
+                Some(&k) => k as usize,
+                None => return Err(err(format!("dim {i} is dynamic ({k}): bind it with --dim {name}:{i}=N"))),
+            },
+            DimValue::Known(k) => *k as usize,
             DimValue::Sym(s) => match dims.get(s) {
                 Some(&k) => k as usize,
                 None => return Err(err(format!("dim {i} is the symbol '{s}': bind it with --dim {s}=N"))),

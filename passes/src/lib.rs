@@ -16,6 +16,7 @@ pub mod cse;
 pub mod dce;
 pub mod fold;
 pub mod fuse;
+pub mod hessian;
 pub mod identity;
 pub mod quant;
 pub mod shape_fold;

@@ -317,3 +317,131 @@ def test_calib_errors_are_reported(models, optc_bin, outdir: Path, tmp_path: Pat
     np.save(one / "token_type_ids.npy", np.zeros_like(feeds["input_ids"]))
     log = optc_quant(optc_bin, src, "quant-w4(method=awq)", out, ["--calib", one])
     assert "ignored: token_type_ids" in log and "AWQ alpha" in log and "on 32 rows" in log, log
+
+
+# ----------------------------------------------------------------------------
+# GPTQ and W4/W2-GateUp
+
+def held_out_mse(src: Path, quantised: list[Path], name: str, seeds) -> list[float]:
+    """Mean over `seeds` of the output MSE of each quantised model against the float model."""
+    tot = [0.0] * len(quantised)
+    for seed in seeds:
+        feeds = make_feeds(name, seed)
+        ref = float_outputs(src, feeds)
+        for i, q in enumerate(quantised):
+            tot[i] += errors(ref, float_outputs(q, feeds))[0] / len(seeds)
+    return tot
+
+
+@pytest.mark.parametrize("name", ["llama", "minilm"])
+def test_gptq_beats_rtn_on_held_out_inputs(name, models, optc_bin, outdir: Path, tmp_path: Path):
+    """GPTQ at block 128, calibrated on 64 input sets, against RTN on 4 sets calibration did not see.
+
+    Measured: GPTQ/RTN 0.87 on the generated LLaMA (random weights and token ids: activations with
+    little structure, so the Hessian needs many rows), 0.06 on MiniLM."""
+    src = model_path(models, name)
+    calib = write_calib(tmp_path / "calib", [make_feeds(name, seed) for seed in range(64)], src)
+    rtn, gq = outdir / "rtn.onnx", outdir / "gptq.onnx"
+    optc_quant(optc_bin, src, "quant-w4(block=128)", rtn)
+    log = optc_quant(optc_bin, src, "quant-w4(block=128,method=gptq)", gq, ["--calib", calib])
+    assert "GPTQ on" in log and "no calibration data" not in log and "fell back" not in log, log
+    assert ops(gq)["MatMulNBits"] == ops(rtn)["MatMulNBits"] > 0
+    e_rtn, e_gptq = held_out_mse(src, [rtn, gq], name, range(100, 104))
+    print(f"\n{name} block 128 (held-out inputs): GPTQ mse {e_gptq:.4e}, RTN mse {e_rtn:.4e}, "
+          f"GPTQ/RTN {e_gptq / e_rtn:.4f}")
+    assert e_gptq < e_rtn, (e_gptq, e_rtn)
+
+
+def test_gptq_shrinkage_helps_with_few_calibration_rows(models, optc_bin, outdir: Path, tmp_path: Path):
+    """8 input sets (256 rows) for Hessians of 256 and 688 channels: reference GPTQ (shrink=0) fits the
+    calibration rows (measured 2.1x RTN's error on held-out inputs); the default shrink=auto
+    (K / (K + rows)) keeps it near RTN (1.04x)."""
+    src = models["llama"]
+    calib = write_calib(tmp_path / "calib", [make_feeds("llama", seed) for seed in range(8)], src)
+    rtn, plain, shrunk = outdir / "rtn.onnx", outdir / "plain.onnx", outdir / "shrunk.onnx"
+    optc_quant(optc_bin, src, "quant-w4(block=128)", rtn)
+    optc_quant(optc_bin, src, "quant-w4(block=128,method=gptq,shrink=0)", plain, ["--calib", calib])
+    optc_quant(optc_bin, src, "quant-w4(block=128,method=gptq)", shrunk, ["--calib", calib])
+    e_rtn, e_plain, e_shrunk = held_out_mse(src, [rtn, plain, shrunk], "llama", range(100, 104))
+    print(f"\nllama, 8 calibration sets: GPTQ shrink=0/RTN {e_plain / e_rtn:.4f}, GPTQ (shrink=auto)/RTN "
+          f"{e_shrunk / e_rtn:.4f}")
+    assert e_shrunk < 0.75 * e_plain, (e_shrunk, e_plain)
+
+
+def test_gptq_act_order_and_qdq_run_in_onnxruntime(models, optc_bin, outdir: Path, tmp_path: Path):
+    """act_order (static groups) with symmetric int4 DequantizeLinear: runs in onnxruntime and beats
+    RTN in the same format on held-out inputs."""
+    src = models["llama"]
+    calib = write_calib(tmp_path / "calib", [make_feeds("llama", seed) for seed in range(64)], src)
+    out, rtn = outdir / "gptq_qdq.onnx", outdir / "rtn_qdq.onnx"
+    log = optc_quant(optc_bin, src, "quant-w4(block=64,method=gptq,act_order=true,format=qdq,sym=true)", out,
+                     ["--calib", calib])
+    optc_quant(optc_bin, src, "quant-w4(block=64,format=qdq,sym=true)", rtn)
+    assert "(act_order)" in log, log
+    assert ops(out)["DequantizeLinear"] == ops(rtn)["DequantizeLinear"] > 0
+    e_rtn, e_gptq = held_out_mse(src, [rtn, out], "llama", range(100, 104))
+    print(f"\nllama block 64 sym qdq act_order (held-out inputs): GPTQ/RTN {e_gptq / e_rtn:.4f}")
+    assert e_gptq < e_rtn, (e_gptq, e_rtn)
+
+
+def _optc_outputs(optc_bin, model: Path, feeds: dict, tmp: Path) -> dict:
+    args = ["run", model, "-o", tmp / "out"]
+    for k, v in feeds.items():
+        p = tmp / f"{k}.npy"
+        np.save(p, v)
+        args += ["--input", f"{k}={p}"]
+    r = run_optc(optc_bin, args, timeout=600)
+    assert r.returncode == 0, describe_run(r)
+    return {p.stem: np.load(p) for p in (tmp / "out").glob("*.npy")}
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_gateup_w2_on_llama(method, models, optc_bin, outdir: Path, tmp_path: Path):
+    """gateup=w2: 2-bit MatMulNBits on exactly the gate/up MatMuls, 4 bits elsewhere; runs in
+    onnxruntime and matches optc's own evaluator."""
+    src = models["llama"]
+    out = outdir / f"w2_{method}.onnx"
+    extra = []
+    if method != "rtn":
+        extra = ["--calib", write_calib(tmp_path / "calib", [make_feeds("llama", s) for s in range(64)], src)]
+    log = optc_quant(optc_bin, src, f"quant-w4(block=128,method={method},gateup=w2)", out, extra)
+    m = onnx.load(str(out))
+    bits = {}
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            bits[n.name] = next(a.i for a in n.attribute if a.name == "bits")
+    float_mm = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "MatMul"]
+    gate_up = {n for n in float_mm if "gate_proj" in n or "up_proj" in n}
+    assert len(gate_up) == 4, float_mm  # 2 layers x gate, up
+    assert {n for n, b in bits.items() if b == 2} == gate_up, (bits, log)
+    assert all(b == 4 for n, b in bits.items() if n not in gate_up), bits
+    assert "4 to 2 bits" in log and log.count("SwiGLU at") == 2, log
+    feeds = make_feeds("llama", 5)
+    want = float_outputs(out, feeds)[0]
+    got = _optc_outputs(optc_bin, out, feeds, tmp_path)["logits"]
+    scale = float(np.abs(want).max())
+    diff = float(np.abs(got - want).max())
+    assert diff <= 1e-3 * scale, f"optc vs onnxruntime: max |diff| {diff:.3g}, max |logit| {scale:.3g}"
+    # coarser than W4 but still the same model
+    w4 = outdir / "w4.onnx"
+    optc_quant(optc_bin, src, "quant-w4(block=128)", w4)
+    ref = float_outputs(src, feeds)
+    e_w2, cos = errors(ref, [want])
+    e_w4, _ = errors(ref, float_outputs(w4, feeds))
+    print(f"\nllama W4/W2-GateUp ({method}): logits mse {e_w2:.4e} (W4 RTN {e_w4:.4e}), cosine {cos:.4f}, "
+          f"size {out.stat().st_size} vs W4 {w4.stat().st_size}")
+    assert e_w2 > e_w4 and cos > 0.9, (e_w2, e_w4, cos)
+    assert out.stat().st_size < w4.stat().st_size
+
+
+def test_awq_without_calib_on_a_kv_cache_decoder(optc_bin, tmp_path: Path):
+    """Random calibration feeds for a KV-cache decoder use past length 0 (a prompt), so AWQ runs;
+    every per-node note names the method the weight really got."""
+    src = tmp_path / "kv.onnx"
+    r = run_optc(optc_bin, ["gen", "llama-kv:layers=2,hidden=128,heads=4,kv_heads=2,ffn=256,vocab=500", "-o", src])
+    assert r.returncode == 0, describe_run(r)
+    out = tmp_path / "awq.onnx"
+    log = optc_quant(optc_bin, src, "quant-w4(block=32,method=awq)", out)
+    assert "past_key_values.0.key [1, 2, 0, 32]" in log, log
+    assert "AWQ alpha" in log and "calibration failed" not in log, log
+    assert "(awq, block 32" in log and "(rtn, block" not in log, log

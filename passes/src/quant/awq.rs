@@ -8,7 +8,7 @@
 //! the running sum of |x| per channel and a reservoir sample of at most a few hundred rows:
 //! never whole activations.
 
-use super::{Rng, fake_quant_block, fake_quant_row};
+use super::{Rng, fake_quant_block_bits, fake_quant_row_bits};
 use crate::PassContext;
 use optc_eval::{Evaluator, Observer, Tensor, Value};
 use optc_ir::{DType, DimValue, Graph, Model, Op};
@@ -121,13 +121,28 @@ pub fn calibrate(
     max_rows: usize,
     runs: usize,
 ) -> Result<HashMap<String, ActStats>, String> {
+    let feeds = calibration_feeds(model, cx, runs, "AWQ")?;
+    let mut obs = ActObserver::new(names, max_rows, 0);
+    run_observed(model, &feeds, &mut obs)?;
+    Ok(obs.stats)
+}
+
+/// The inputs calibration runs on: the context's (`--calib`), less inputs the model does not
+/// have (noted), or `runs` seeded random sets ([`random_feeds`]) with a warning that names
+/// `method`.
+pub fn calibration_feeds(
+    model: &Model,
+    cx: &mut PassContext,
+    runs: usize,
+    method: &str,
+) -> Result<Vec<HashMap<String, Value>>, String> {
     let feeds = match cx.calib.as_ref().filter(|c| !c.feeds.is_empty()) {
         Some(c) => c.feeds.clone(),
         None => {
             let (feeds, how) = random_feeds(model, &cx.dims, runs)?;
             cx.note(|| {
                 format!(
-                    "warning: no calibration data; AWQ calibrates on {} seeded random input set(s) ({how}); \
+                    "warning: no calibration data; {method} calibrates on {} seeded random input set(s) ({how}); \
                      give real inputs (--calib) for a meaningful search",
                     feeds.len()
                 )
@@ -157,19 +172,24 @@ pub fn calibrate(
         dropped.sort();
         cx.note(|| format!("calibration inputs the model does not have are ignored: {}", dropped.join(", ")));
     }
+    Ok(feeds)
+}
+
+/// Runs the model on every feed, reporting to `obs`.
+pub fn run_observed(model: &Model, feeds: &[HashMap<String, Value>], obs: &mut dyn Observer) -> Result<(), String> {
     let ev = Evaluator::new(model).map_err(|e| e.to_string())?;
-    let mut obs = ActObserver::new(names, max_rows, 0);
-    for feed in &feeds {
-        ev.run_observed(feed, Some(&mut obs)).map_err(|e| e.to_string())?;
+    for feed in feeds {
+        ev.run_observed(feed, Some(&mut *obs)).map_err(|e| e.to_string())?;
     }
-    Ok(obs.stats)
+    Ok(())
 }
 
 /// Seeded random inputs over the declared shapes: symbolic dims from `dims`, else 1 for names
-/// with "batch" in them and 32 for the others (sequence lengths); integer inputs that index a
-/// Gather table directly are drawn below its row count, inputs named like masks are ones,
-/// token type / segment ids zeros and position ids `0, 1, 2, ...`. Returns the feeds and a
-/// description of the shapes.
+/// with "batch" in them, 0 for "past" ones (a KV-cache decoder's past length: a prompt), the
+/// sum of the past and new lengths for a "total" one, and 32 for the others (sequence lengths);
+/// integer inputs that index a Gather table directly are drawn below its row count, inputs named
+/// like masks are ones, token type / segment ids zeros and position ids `0, 1, 2, ...`. Returns
+/// the feeds and a description of the shapes.
 pub fn random_feeds(
     model: &Model,
     dims: &HashMap<String, i64>,
@@ -177,6 +197,7 @@ pub fn random_feeds(
 ) -> Result<(Vec<HashMap<String, Value>>, String), String> {
     let g = &model.graph;
     let mut dims = dims.clone();
+    let mut totals: Vec<String> = Vec::new();
     for d in &g.inputs {
         let v = g.value(d.value);
         if v.init.is_some() {
@@ -186,15 +207,40 @@ pub fn random_feeds(
         for (i, dim) in shape.iter().enumerate() {
             match &dim.value {
                 DimValue::Sym(s) if !dims.contains_key(s) => {
-                    let n = if s.to_lowercase().contains("batch") { 1 } else { 32 };
+                    let l = s.to_lowercase();
+                    if l.contains("total") {
+                        if !totals.contains(s) {
+                            totals.push(s.clone());
+                        }
+                        continue;
+                    }
+                    let n = if l.contains("batch") {
+                        1
+                    } else if l.contains("past") {
+                        0
+                    } else {
+                        32
+                    };
                     dims.insert(s.clone(), n);
                 }
-                DimValue::Unknown => {
-                    dims.entry(format!("{}:{i}", v.name)).or_insert(1);
+                DimValue::Unknown | DimValue::Known(i64::MIN..=-1) => {
+                    dims.entry(format!("{}:{i}", v.name)).or_insert(if i == 0 { 1 } else { 32 });
                 }
                 _ => {}
             }
         }
+    }
+    // total = past + new, when the model names both; else the new length.
+    let lower: Vec<(String, i64)> = dims.iter().map(|(k, v)| (k.to_lowercase(), *v)).collect();
+    let past: i64 = lower.iter().filter(|(k, _)| k.contains("past")).map(|(_, v)| *v).max().unwrap_or(0);
+    let new = lower
+        .iter()
+        .filter(|(k, _)| k.contains("seq") && !k.contains("past") && !k.contains("total"))
+        .map(|(_, v)| *v)
+        .max()
+        .unwrap_or(32);
+    for t in totals {
+        dims.insert(t, past + new);
     }
     let int_high = gather_rows(g).unwrap_or(100);
     let mut feeds = Vec::with_capacity(runs.max(1));
@@ -209,7 +255,7 @@ pub fn random_feeds(
             } else if lname.contains("token_type") || lname.contains("segment") {
                 Some(Box::new(|_, _| 0))
             } else if lname.contains("position") {
-                Some(Box::new(|i, last| (i % last.max(1)) as i64))
+                Some(Box::new(move |i, last| past + (i % last.max(1)) as i64))
             } else {
                 None
             };
@@ -331,6 +377,7 @@ pub fn search(
     k: usize,
     block: usize,
     sym: bool,
+    bits: u8,
     x_mean: &[f32],
     acts: &Acts,
     grid: usize,
@@ -341,7 +388,7 @@ pub fn search(
     for i in 0..grid {
         let alpha = i as f32 / grid as f32;
         let s = scales_for(x_mean, alpha);
-        let err = output_error(wt, n, k, block, sym, &s, acts);
+        let err = output_error(wt, n, k, block, sym, bits, &s, acts);
         if i == 0 {
             err_rtn = err;
         }
@@ -367,7 +414,8 @@ pub fn scales_for(x_mean: &[f32], alpha: f32) -> Vec<f32> {
 
 /// The estimated `|| X (W - Q(W s) / s) ||^2` per row ([`Acts`]) with `W` given transposed
 /// (`wt [n, k]`), summed over the output columns.
-pub fn output_error(wt: &[f32], n: usize, k: usize, block: usize, sym: bool, s: &[f32], acts: &Acts) -> f64 {
+#[allow(clippy::too_many_arguments)]
+pub fn output_error(wt: &[f32], n: usize, k: usize, block: usize, sym: bool, bits: u8, s: &[f32], acts: &Acts) -> f64 {
     let per_column = par_columns(n, |lo, hi| {
         let (mut scaled, mut fq, mut d) = (vec![0f32; k], vec![0f32; k], vec![0f32; k]);
         let mut total = 0f64;
@@ -376,7 +424,7 @@ pub fn output_error(wt: &[f32], n: usize, k: usize, block: usize, sym: bool, s: 
             for j in 0..k {
                 scaled[j] = w[j] * s[j];
             }
-            fake_quant_row(&scaled, block, sym, &mut fq);
+            fake_quant_row_bits(&scaled, block, sym, bits, &mut fq);
             for j in 0..k {
                 d[j] = w[j] - fq[j] / s[j];
             }
@@ -392,12 +440,14 @@ pub fn output_error(wt: &[f32], n: usize, k: usize, block: usize, sym: bool, s: 
 /// 0.5) by which to shrink its range, minimising the block's estimated output error (cross-block
 /// terms left out, as AWQ does). Returns the ratios (`[n, nblocks]`) and the summed block errors
 /// at the chosen ratios and at ratio 1.
+#[allow(clippy::too_many_arguments)]
 pub fn clip_search(
     wt: &[f32],
     n: usize,
     k: usize,
     block: usize,
     sym: bool,
+    bits: u8,
     acts: &Acts,
     steps: usize,
 ) -> (Vec<f32>, f64, f64) {
@@ -416,7 +466,7 @@ pub fn clip_search(
                 let mut best = (1.0f32, f64::INFINITY, 0f64);
                 for i in 0..steps {
                     let ratio = 1.0 - 0.5 * i as f32 / steps as f32;
-                    fake_quant_block(v, sym, ratio, &mut fq[..len]);
+                    fake_quant_block_bits(v, sym, ratio, bits, &mut fq[..len]);
                     for j in 0..len {
                         d[j] = v[j] - fq[j];
                     }
@@ -511,7 +561,7 @@ mod tests {
             (0..k).map(|j| (0..rows).map(|r| x[r * k + j].powi(2)).sum::<f32>() / rows as f32).collect();
         let acts = Acts::new(x.clone(), msq, k);
         assert_eq!(acts.lambda, 0.5);
-        let res = search(&wt, n, k, 32, false, &mean, &acts, 20);
+        let res = search(&wt, n, k, 32, false, 4, &mean, &acts, 20);
         assert!(res.err <= res.err_rtn);
         assert!(
             res.alpha > 0.0 && res.err < 0.9 * res.err_rtn,
@@ -524,7 +574,7 @@ mod tests {
         let s0 = scales_for(&mean, 0.0);
         assert!(s0.iter().all(|&v| v == 1.0));
         // Clipping never does worse than no clipping on its own rows, and helps Gaussian weights.
-        let (ratios, err, err1) = clip_search(&wt, n, k, 32, false, &acts, 20);
+        let (ratios, err, err1) = clip_search(&wt, n, k, 32, false, 4, &acts, 20);
         assert_eq!(ratios.len(), n * 2);
         assert!(err < err1 && ratios.iter().any(|&r| r < 1.0), "{err} {err1}");
         assert!(ratios.iter().all(|&r| (0.5..=1.0).contains(&r)));

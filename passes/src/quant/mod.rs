@@ -1,18 +1,34 @@
 //! Weight quantisation passes.
 //!
-//! `quant-w4` ([`w4`]) rounds the constant float32 weights of MatMul and Gemm nodes to 4-bit codes
-//! in blocks along K, by round-to-nearest or by AWQ's activation-aware scaling ([`awq`]), and
-//! stores them as `com.microsoft::MatMulNBits` or as a blocked int4/uint4 `DequantizeLinear`
-//! (opset 21) feeding the original node. The block quantiser shared by both lives here.
+//! `quant-w4` ([`w4`]) rounds the constant float32 weights of MatMul and Gemm nodes to 4-bit (or,
+//! for the gate/up projections of LLaMA MLPs with `gateup=w2`, 2-bit) codes in blocks along K, by
+//! round-to-nearest, by AWQ's activation-aware scaling ([`awq`]) or by GPTQ's Hessian-aware
+//! rounding ([`gptq`]), and stores them as `com.microsoft::MatMulNBits` or as a blocked int4/uint4
+//! `DequantizeLinear` (opset 21) feeding the original node. The block quantiser shared by all of
+//! them lives here; it takes the code width (2, 4 or 8 bits).
 
 pub mod awq;
+pub mod gptq;
 mod opset;
 pub mod w4;
 
-/// Levels of a 4-bit code.
-const QMAX: f32 = 15.0;
-/// The zero point of symmetric blocks (MatMulNBits' default for 4 bits): codes `q + 8`, `q` in
-/// `-7..=7`.
+/// Bit widths the block quantiser handles.
+pub const BITS: [u8; 3] = [2, 4, 8];
+
+/// The largest code of a `bits`-bit block (`2^bits - 1`).
+#[inline]
+pub fn qmax(bits: u8) -> f32 {
+    ((1u32 << bits) - 1) as f32
+}
+
+/// The zero point of symmetric `bits`-bit blocks (MatMulNBits' default, `2^(bits-1)`): codes
+/// `q + zp`, `q` in `-(zp-1)..=(zp-1)`.
+#[inline]
+pub fn sym_zp(bits: u8) -> u8 {
+    1u8 << (bits - 1)
+}
+
+/// The zero point of symmetric 4-bit blocks: codes `q + 8`, `q` in `-7..=7`.
 pub const SYM_ZP: u8 = 8;
 
 /// A matrix quantised in blocks along its rows: element `(r, c)` is
@@ -25,11 +41,13 @@ pub struct Blocks {
     pub cols: usize,
     pub block: usize,
     pub sym: bool,
-    /// One unsigned 4-bit code per element, row-major `[rows, cols]`.
+    /// Code width: 2, 4 or 8.
+    pub bits: u8,
+    /// One unsigned `bits`-bit code per element, row-major `[rows, cols]`.
     pub codes: Vec<u8>,
     /// `[rows, nblocks]`.
     pub scales: Vec<f32>,
-    /// `[rows, nblocks]`, each `0..=15` (always [`SYM_ZP`] when symmetric).
+    /// `[rows, nblocks]`, each `0..=2^bits - 1` (always [`sym_zp`] when symmetric).
     pub zero_points: Vec<u8>,
 }
 
@@ -52,59 +70,81 @@ impl Blocks {
         out
     }
 
-    /// MatMulNBits' `B`: `[rows, nblocks, block / 2]` bytes, low nibble first, the last block
-    /// padded with code 0 (never read: the kernel stops at K).
+    /// MatMulNBits' `B`: `[rows, nblocks, block * bits / 8]` bytes, low bits first, the last
+    /// block padded with code 0 (never read: the kernel stops at K).
     pub fn pack_nbits(&self) -> Vec<u8> {
-        optc_ir::quant::pack_nbits(&self.codes, self.rows, self.cols, 4, self.block)
+        optc_ir::quant::pack_nbits(&self.codes, self.rows, self.cols, self.bits, self.block)
     }
 
-    /// MatMulNBits' uint8 `zero_points`: two per byte, low nibble first, each row padded to a
-    /// whole byte (`[rows * ceil(nblocks / 2)]`).
+    /// MatMulNBits' uint8 `zero_points`: `8 / bits` per byte, low bits first, each row padded to
+    /// a whole byte (`[rows * ceil(nblocks * bits / 8)]`).
     pub fn pack_zero_points(&self) -> Vec<u8> {
         let nb = self.nblocks();
-        let stride = nb.div_ceil(2);
+        let bits = self.bits as usize;
+        let stride = (nb * bits).div_ceil(8);
         let mut out = vec![0u8; self.rows * stride];
         for r in 0..self.rows {
             for b in 0..nb {
-                out[r * stride + b / 2] |= self.zero_points[r * nb + b] << ((b % 2) * 4);
+                let pos = b * bits;
+                out[r * stride + pos / 8] |= self.zero_points[r * nb + b] << (pos % 8);
             }
         }
         out
     }
 }
 
-/// Scale and zero point of one block. Asymmetric: the range `[min(x, 0), max(x, 0)]` over 16
-/// levels, zero point `round(-min / scale)`; symmetric: `max |x| / 7`, zero point 8. A block of
+/// Scale and zero point of one 4-bit block. Asymmetric: the range `[min(x, 0), max(x, 0)]` over
+/// 16 levels, zero point `round(-min / scale)`; symmetric: `max |x| / 7`, zero point 8. A block of
 /// zeros (or one whose scale underflows) gets scale 1 and codes equal to the zero point, so it
 /// dequantises to exact zeros.
 #[inline]
 pub fn block_params(v: &[f32], sym: bool) -> (f32, u8) {
-    block_params_clipped(v, sym, 1.0)
+    block_params_bits(v, sym, 1.0, 4)
 }
 
 /// [`block_params`] for the range shrunk by `ratio` (AWQ's clipping; values outside saturate).
 #[inline]
 pub fn block_params_clipped(v: &[f32], sym: bool, ratio: f32) -> (f32, u8) {
+    block_params_bits(v, sym, ratio, 4)
+}
+
+/// Scale and zero point of one `bits`-bit block with its range shrunk by `ratio`: asymmetric
+/// over `2^bits` levels of `[min(x, 0), max(x, 0)]`, or symmetric `max |x| / (zp - 1)` with
+/// zero point `zp = 2^(bits-1)` (for 2 bits: codes 1..=3, `q` in -1..=1).
+#[inline]
+pub fn block_params_bits(v: &[f32], sym: bool, ratio: f32, bits: u8) -> (f32, u8) {
+    let qmax = qmax(bits);
     if sym {
+        let zp = sym_zp(bits);
         let amax = v.iter().fold(0f32, |m, x| m.max(x.abs())) * ratio;
-        let scale = amax / 7.0;
-        if scale > 0.0 && scale.is_finite() { (scale, SYM_ZP) } else { (1.0, SYM_ZP) }
+        let scale = amax / (zp - 1) as f32;
+        if scale > 0.0 && scale.is_finite() { (scale, zp) } else { (1.0, zp) }
     } else {
         let (mn, mx) = v.iter().fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
-        let scale = (mx - mn) * ratio / QMAX;
+        let scale = (mx - mn) * ratio / qmax;
         if !(scale > 0.0 && scale.is_finite()) {
             return (1.0, 0);
         }
-        let zp = (-mn * ratio / scale).round().clamp(0.0, QMAX) as u8;
+        let zp = (-mn * ratio / scale).round().clamp(0.0, qmax) as u8;
         (scale, zp)
     }
 }
 
-/// The code of `x` in a block with `scale` and `zp`.
+/// The 4-bit code of `x` in a block with `scale` and `zp`.
 #[inline]
 pub fn encode(x: f32, scale: f32, zp: u8, sym: bool) -> u8 {
-    let lo = if sym { 1.0 } else { 0.0 };
-    ((x / scale).round() + zp as f32).clamp(lo, QMAX) as u8
+    encode_bits(x, scale, zp, sym, 4)
+}
+
+/// The `bits`-bit code of `x` in a block with `scale` and `zp` (symmetric codes never use 0, so
+/// that they stay symmetric around the zero point). Asymmetric codes round `x / scale + zp`,
+/// ties upwards, as onnxruntime's MatMulNBits quantiser does (weights dequantised from GGUF
+/// blocks often sit exactly between two codes); symmetric ones round `x / scale` half away from
+/// zero, keeping `-x` the mirror of `x`.
+#[inline]
+pub fn encode_bits(x: f32, scale: f32, zp: u8, sym: bool, bits: u8) -> u8 {
+    let q = if sym { (x / scale).round() + zp as f32 } else { (x / scale + zp as f32).round() };
+    q.clamp(if sym { 1.0 } else { 0.0 }, qmax(bits)) as u8
 }
 
 /// Quantises `w` (`[rows, cols]`, row-major) in blocks of `block` consecutive columns.
@@ -121,6 +161,19 @@ pub fn quantize_rows_clipped(
     sym: bool,
     clip: Option<&[f32]>,
 ) -> Blocks {
+    quantize_rows_bits(w, rows, cols, block, sym, 4, clip)
+}
+
+/// [`quantize_rows_clipped`] to `bits`-bit codes (2, 4 or 8).
+pub fn quantize_rows_bits(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    block: usize,
+    sym: bool,
+    bits: u8,
+    clip: Option<&[f32]>,
+) -> Blocks {
     let nb = cols.div_ceil(block);
     let mut codes = vec![0u8; rows * cols];
     let mut scales = vec![0f32; rows * nb];
@@ -130,31 +183,43 @@ pub fn quantize_rows_clipped(
             let (c0, c1) = (b * block, ((b + 1) * block).min(cols));
             let v = &w[r * cols + c0..r * cols + c1];
             let ratio = clip.map_or(1.0, |c| c[r * nb + b]);
-            let (scale, zp) = block_params_clipped(v, sym, ratio);
+            let (scale, zp) = block_params_bits(v, sym, ratio, bits);
             scales[r * nb + b] = scale;
             zero_points[r * nb + b] = zp;
             for (c, &x) in v.iter().enumerate() {
-                codes[r * cols + c0 + c] = encode(x, scale, zp, sym);
+                codes[r * cols + c0 + c] = encode_bits(x, scale, zp, sym, bits);
             }
         }
     }
-    Blocks { rows, cols, block, sym, codes, scales, zero_points }
+    Blocks { rows, cols, block, sym, bits, codes, scales, zero_points }
 }
 
-/// Quantises and dequantises one block into `out` (AWQ's inner loops: no allocation).
+/// Quantises and dequantises one 4-bit block into `out` (AWQ's inner loops: no allocation).
 #[inline]
 pub fn fake_quant_block(v: &[f32], sym: bool, ratio: f32, out: &mut [f32]) {
-    let (scale, zp) = block_params_clipped(v, sym, ratio);
+    fake_quant_block_bits(v, sym, ratio, 4, out)
+}
+
+/// [`fake_quant_block`] with `bits`-bit codes.
+#[inline]
+pub fn fake_quant_block_bits(v: &[f32], sym: bool, ratio: f32, bits: u8, out: &mut [f32]) {
+    let (scale, zp) = block_params_bits(v, sym, ratio, bits);
     for (x, y) in v.iter().zip(out.iter_mut()) {
-        *y = (encode(*x, scale, zp, sym) as f32 - zp as f32) * scale;
+        *y = (encode_bits(*x, scale, zp, sym, bits) as f32 - zp as f32) * scale;
     }
 }
 
-/// Quantises and dequantises one row into `out`, block by block.
+/// Quantises and dequantises one row into `out`, block by block (4 bits).
 #[inline]
 pub fn fake_quant_row(row: &[f32], block: usize, sym: bool, out: &mut [f32]) {
+    fake_quant_row_bits(row, block, sym, 4, out)
+}
+
+/// [`fake_quant_row`] with `bits`-bit codes.
+#[inline]
+pub fn fake_quant_row_bits(row: &[f32], block: usize, sym: bool, bits: u8, out: &mut [f32]) {
     for (v, o) in row.chunks(block).zip(out.chunks_mut(block)) {
-        fake_quant_block(v, sym, 1.0, o);
+        fake_quant_block_bits(v, sym, 1.0, bits, o);
     }
 }
 
@@ -222,6 +287,69 @@ mod tests {
                 assert_eq!(&fq[..], &d[..cols]);
             }
         }
+    }
+
+    #[test]
+    fn two_and_eight_bit_blocks_round_trip() {
+        for bits in [2u8, 8] {
+            for &(rows, cols, block) in &[(5, 256, 32), (3, 200, 128)] {
+                for sym in [false, true] {
+                    let w = random(rows * cols, 40 + cols as u64 + bits as u64);
+                    let q = quantize_rows_bits(&w, rows, cols, block, sym, bits, None);
+                    assert_eq!(q.bits, bits);
+                    let top = qmax(bits) as u8;
+                    assert!(q.codes.iter().all(|&c| c <= top && (!sym || c >= 1)), "bits {bits} sym {sym}");
+                    assert!(q.zero_points.iter().all(|&z| z <= top));
+                    let d = q.dequantize();
+                    let nb = q.nblocks();
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let s = q.scales[r * nb + c / block];
+                            let err = (w[r * cols + c] - d[r * cols + c]).abs();
+                            assert!(err <= s * 0.5001 + 1e-7, "bits {bits} ({r},{c}) sym={sym}: {err} > {}", s / 2.0);
+                        }
+                    }
+                    // Every level is used somewhere (2 bits: 4 levels, or 3 when symmetric).
+                    if bits == 2 {
+                        let used: std::collections::BTreeSet<u8> = q.codes.iter().copied().collect();
+                        let want: Vec<u8> = if sym { vec![1, 2, 3] } else { vec![0, 1, 2, 3] };
+                        assert_eq!(used.into_iter().collect::<Vec<_>>(), want);
+                    }
+                    let mut fq = vec![0f32; cols];
+                    fake_quant_row_bits(&w[..cols], block, sym, bits, &mut fq);
+                    assert_eq!(&fq[..], &d[..cols]);
+                    // The packed forms decode to the same codes and zero points.
+                    let packed = q.pack_nbits();
+                    let per = 8 / bits as usize;
+                    let blob = block / per;
+                    assert_eq!(packed.len(), rows * nb * blob);
+                    let zp = q.pack_zero_points();
+                    let stride = (nb * bits as usize).div_ceil(8);
+                    assert_eq!(zp.len(), rows * stride);
+                    let mask = ((1u16 << bits) - 1) as u8;
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let (b, j) = (c / block, c % block);
+                            let byte = packed[(r * nb + b) * blob + j / per];
+                            let code = (byte >> ((j % per) * bits as usize)) & mask;
+                            assert_eq!(code, q.codes[r * cols + c]);
+                        }
+                        for b in 0..nb {
+                            let pos = b * bits as usize;
+                            assert_eq!((zp[r * stride + pos / 8] >> (pos % 8)) & mask, q.zero_points[r * nb + b]);
+                        }
+                    }
+                }
+            }
+        }
+        // Asymmetric 2 bits: [-1, 2] in 4 levels of 1.0 with zero point 1.
+        let q = quantize_rows_bits(&[-1.0, 0.0, 1.0, 2.0, 0.4, 0.6], 1, 6, 16, false, 2, None);
+        assert_eq!((q.scales[0], q.zero_points[0]), (1.0, 1));
+        assert_eq!(q.codes, vec![0, 1, 2, 3, 1, 2]);
+        // Symmetric 2 bits: scale max|x|, codes 1..=3 around 2.
+        let q = quantize_rows_bits(&[-2.0, 0.9, 1.1, 2.0], 1, 4, 16, true, 2, None);
+        assert_eq!((q.scales[0], q.zero_points[0]), (2.0, 2));
+        assert_eq!(q.codes, vec![1, 2, 3, 3]);
     }
 
     #[test]
