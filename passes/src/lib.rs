@@ -7,6 +7,7 @@
 //! [`PassManager`], which times every pass, can verify the IR after each one and names the pass
 //! that broke it.
 
+pub mod calib;
 mod context;
 mod manager;
 pub mod pipeline;

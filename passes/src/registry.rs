@@ -35,6 +35,7 @@ impl PassRegistry {
         r.register(crate::fuse::act::FuseAct);
         r.register(crate::fuse::qkv::FuseQkv);
         r.register(crate::quant::w4::QuantW4);
+        r.register(crate::quant::w8::QuantW8);
         r
     }
 

@@ -11,6 +11,7 @@ pub mod awq;
 pub mod gptq;
 mod opset;
 pub mod w4;
+pub mod w8;
 
 /// Bit widths the block quantiser handles.
 pub const BITS: [u8; 3] = [2, 4, 8];
