@@ -258,3 +258,74 @@ pub fn shapes(m: &Model) -> String {
     let _ = writeln!(s, "shapes known for {known} of {total} node outputs");
     s
 }
+
+/// `optc inspect --blocks`: the residual blocks `prune-depth` can remove, with what each costs
+/// on `target` (the LIFE-predicted latency of the model minus that of the model without it).
+pub fn blocks(m: &Model, target: &optc::Target, dims: &std::collections::HashMap<String, i64>) -> String {
+    use optc::passes::prune::blocks as pb;
+    let det = pb::find(m);
+    let opset = m.opset("").unwrap_or(1);
+    let predict = |g: &Graph| optc::cost::estimate(g, opset, target, dims).totals.time_s;
+    let total = predict(&m.graph);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} prunable block(s); predicted latency of the whole model on {}: {}",
+        det.blocks.len(),
+        target.name,
+        crate::costcmd::fmt_time(total)
+    );
+    if !det.blocks.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{:>3}  {:<10} {:>6} {:>10} {:>12} {:>7}  name",
+            "#", "kind", "nodes", "params", "latency", "share"
+        );
+    }
+    for (i, b) in det.blocks.iter().enumerate() {
+        let mut g = m.graph.clone();
+        let without = if pb::bypass(&mut g, b) { predict(&g) } else { total };
+        let saved = (total - without).max(0.0);
+        let _ = writeln!(
+            s,
+            "{:>3}  {:<10} {:>6} {:>10} {:>12} {:>6.1}%  {}{}",
+            i + 1,
+            b.kind.as_str(),
+            b.branch.len() + 1,
+            fmt_count(b.params),
+            crate::costcmd::fmt_time(saved),
+            if total > 0.0 { 100.0 * saved / total } else { 0.0 },
+            b.name,
+            if b.shape_proven { "" } else { "  (shapes checked on data when pruning)" }
+        );
+    }
+    let chains = optc::passes::prune::merge::find(&m.graph);
+    if !chains.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{} activation(s) whose removal merges the layers around them (prune-depth merge=true):",
+            chains.len()
+        );
+        for c in &chains {
+            let mut g = m.graph.clone();
+            let without = if optc::passes::prune::merge::merge(&mut g, c) { predict(&g) } else { total };
+            let saved = total - without;
+            let _ = writeln!(
+                s,
+                "  {:<10} {:>10} {:>12}  {}{}",
+                "activation",
+                fmt_count(optc::passes::prune::merge::params(&m.graph, c)),
+                crate::costcmd::fmt_time(saved.abs()),
+                optc::passes::prune::merge::label(&m.graph, c),
+                if saved > 0.0 { "" } else { "  (merged is slower: not a candidate)" }
+            );
+        }
+    }
+    if !det.rejected.is_empty() {
+        let _ = writeln!(s, "\n{} residual-looking Add(s) that are not prunable blocks:", det.rejected.len());
+        for (name, why) in &det.rejected {
+            let _ = writeln!(s, "  {name}: {why}");
+        }
+    }
+    s
+}

@@ -157,6 +157,16 @@ struct InspectArgs {
     /// Print the inferred type and shape of every value, node by node.
     #[arg(long)]
     shapes: bool,
+    /// List the residual blocks `prune-depth` can remove, with their parameters and the
+    /// LIFE-predicted latency each one costs on --target.
+    #[arg(long)]
+    blocks: bool,
+    /// Target for --blocks: a built-in name (cpu, npu, igpu, gpu) or a target file.
+    #[arg(long, default_value = "cpu", requires = "blocks")]
+    target: String,
+    /// Bind symbolic dims for --blocks, e.g. --dim batch=1,seq=128.
+    #[arg(long = "dim", value_name = "SYM=N", value_delimiter = ',', requires = "blocks")]
+    dims: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -326,6 +336,12 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        if !cx.reports().is_empty() {
+            println!();
+            for (pass, line) in cx.reports() {
+                println!("[{pass}] {line}");
+            }
+        }
         if report.budget_exhausted {
             println!("rewrite budget of {} reached: later rewrites were skipped", a.max_rewrites.unwrap_or(0));
         }
@@ -347,7 +363,11 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
 
 fn cmd_inspect(a: InspectArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.input)?;
-    if a.shapes {
+    if a.blocks {
+        let target = target(&a.target)?;
+        let dims = costcmd::parse_dims(&a.dims)?;
+        print!("{}", inspect::blocks(model.ir(), &target, &dims));
+    } else if a.shapes {
         print!("{}", inspect::shapes(model.ir()));
     } else if a.ir {
         print!("{}", optc::ir::text::model_to_text(model.ir()));

@@ -639,10 +639,17 @@ impl Graph {
         None
     }
 
-    /// Total parameters (elements of dense initializers), recursively through subgraphs.
+    /// Total parameters (elements of dense initializers and of `Constant` nodes' tensors; some
+    /// exporters store every weight as a `Constant` node), recursively through subgraphs.
     pub fn param_count(&self) -> u64 {
         let own: u64 = self.initializers.iter().filter_map(|&v| self.value(v).tensor()).filter_map(|t| t.numel()).sum();
-        own + self.nodes().map(|n| self.node(n).subgraphs().map(|g| g.param_count()).sum::<u64>()).sum::<u64>()
+        let constants: u64 = self
+            .nodes()
+            .filter(|&n| self.node(n).op == crate::Op::Constant)
+            .filter_map(|n| crate::AttrList::get_tensor(&self.node(n).attrs, "value").and_then(|t| t.numel()))
+            .sum();
+        own + constants
+            + self.nodes().map(|n| self.node(n).subgraphs().map(|g| g.param_count()).sum::<u64>()).sum::<u64>()
     }
 
     /// Bytes of initializer data, recursively.

@@ -54,6 +54,7 @@ pub struct PassContext {
     /// Calibration inputs (`--calib`); passes that need some make seeded random ones without.
     pub calib: Option<Calibration>,
     explanations: Vec<(String, String)>,
+    reports: Vec<(String, String)>,
     current_pass: String,
 }
 
@@ -67,6 +68,7 @@ impl PassContext {
             cost_each: false,
             calib: None,
             explanations: Vec::new(),
+            reports: Vec::new(),
             current_pass: String::new(),
         }
     }
@@ -91,6 +93,16 @@ impl PassContext {
 
     pub fn explanations(&self) -> &[(String, String)] {
         &self.explanations
+    }
+
+    /// Records a line of the pass's result report (what it removed, what that cost), which
+    /// `optc opt` prints after its summary with or without `--explain`.
+    pub fn report(&mut self, line: impl Into<String>) {
+        self.reports.push((self.current_pass.clone(), line.into()));
+    }
+
+    pub fn reports(&self) -> &[(String, String)] {
+        &self.reports
     }
 
     pub(crate) fn enter(&mut self, pass: &str) {

@@ -19,6 +19,7 @@ pub mod fold;
 pub mod fuse;
 pub mod hessian;
 pub mod identity;
+pub mod prune;
 pub mod quant;
 pub mod shape_fold;
 pub mod util;

@@ -36,6 +36,7 @@ impl PassRegistry {
         r.register(crate::fuse::qkv::FuseQkv);
         r.register(crate::quant::w4::QuantW4);
         r.register(crate::quant::w8::QuantW8);
+        r.register(crate::prune::depth::PruneDepth);
         r
     }
 
