@@ -29,19 +29,183 @@ pub struct CostArgs {
     #[arg(long = "llm-config", value_name = "K=V,...")]
     llm_config: Option<String>,
     /// LLM workload: prompt tokens, generated tokens, context for TPOT, prefill chunk,
-    /// e.g. --llm prompt=512,gen=128 (context defaults to prompt+gen).
-    #[arg(long = "llm", value_name = "K=V,...", default_value = "prompt=512,gen=128")]
-    llm: String,
+    /// e.g. --llm prompt=512,gen=128 (context defaults to prompt+gen; the default workload
+    /// is prompt=512,gen=128). Given with a model, the model must be a decoder with a KV cache
+    /// (inputs input_ids and past key/values, as Optimum and onnxruntime-genai export them):
+    /// TTFT, TPOT and TPS are predicted from the graph itself, its dims bound per step.
+    #[arg(long = "llm", value_name = "K=V,...")]
+    llm: Option<String>,
 }
 
-/// `--dim` bindings for the cost model: as `optc run` parses them, and every size positive.
+/// The symbolic dims of a decoder graph with a KV cache, read from its inputs.
+struct DecoderDims {
+    /// Symbols of the batch dim.
+    batch: Vec<String>,
+    /// The new-tokens dim of input_ids.
+    seq: String,
+    /// The past length of the cache inputs.
+    past: String,
+    /// The total length (attention_mask's second dim), when it is its own symbol.
+    total: Option<String>,
+    /// Per cache input: elements per token (heads x head_dim x batch 1) and bytes per element.
+    kv: Vec<(u64, u64)>,
+}
+
+fn sym(d: &optc::ir::Dim) -> Option<String> {
+    match &d.value {
+        optc::ir::DimValue::Sym(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Finds the dims of a decoder graph: `input_ids [batch, seq]`, cache inputs named `past*`
+/// `[batch, heads, past, head_dim]`, `attention_mask [batch, total]`.
+fn decoder_dims(g: &optc::ir::Graph) -> Result<DecoderDims, String> {
+    let shape = |name: &str| {
+        g.find_value(name).and_then(|v| g.value(v).ty.as_ref().and_then(|t| t.shape()).map(|s| s.to_vec()))
+    };
+    let ids = shape("input_ids").ok_or("the model has no input 'input_ids'")?;
+    if ids.len() != 2 {
+        return Err("input_ids is not [batch, sequence]".into());
+    }
+    let seq = sym(&ids[1]).ok_or("input_ids' sequence dim is not symbolic")?;
+    let mut batch: Vec<String> = sym(&ids[0]).into_iter().collect();
+    let mut past: Option<String> = None;
+    let mut kv = Vec::new();
+    for d in &g.inputs {
+        let v = g.value(d.value);
+        if !v.name.to_lowercase().contains("past") {
+            continue;
+        }
+        let Some(sh) = v.ty.as_ref().and_then(|t| t.shape()) else { continue };
+        if sh.len() != 4 {
+            continue;
+        }
+        let p = sym(&sh[2]).ok_or_else(|| format!("cache input '{}' has no symbolic length dim", v.name))?;
+        if past.as_ref().is_some_and(|q| *q != p) {
+            return Err(format!(
+                "cache inputs disagree on the past-length dim ('{}' vs '{p}')",
+                past.unwrap_or_default()
+            ));
+        }
+        past = Some(p);
+        batch.extend(sym(&sh[0]));
+        let per_token = [&sh[1], &sh[3]].iter().map(|d| d.as_known().unwrap_or(1).max(1) as u64).product();
+        let bytes = v.ty.as_ref().and_then(|t| t.elem()).and_then(|e| e.bits()).map_or(4, |b| (b as u64).div_ceil(8));
+        kv.push((per_token, bytes));
+    }
+    let past = past.ok_or("the model has no past key/value inputs [batch, heads, past, head_dim]")?;
+    let total = shape("attention_mask").and_then(|m| m.get(1).and_then(sym)).filter(|t| *t != seq && *t != past);
+    batch.sort();
+    batch.dedup();
+    Ok(DecoderDims { batch, seq, past, total, kv })
+}
+
+/// LIFE's LLM metrics of a decoder graph, each step's dims bound on the graph.
+struct GraphLlmMetrics {
+    target: String,
+    prompt: usize,
+    generated: usize,
+    context: usize,
+    chunk: Option<usize>,
+    ttft_s: f64,
+    tpot_s: f64,
+    tps: f64,
+    e2e_s: f64,
+    kv_cache_bytes: f64,
+    weight_bytes: f64,
+    decode_bytes: f64,
+    decode_ops: f64,
+    prefill_ops: f64,
+    fallback_ops: Vec<String>,
+}
+
+impl GraphLlmMetrics {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "target": self.target, "prompt": self.prompt, "generated": self.generated,
+            "context": self.context, "chunk": self.chunk, "ttft_s": self.ttft_s, "tpot_s": self.tpot_s,
+            "tps": self.tps, "e2e_s": self.e2e_s, "kv_cache_bytes": self.kv_cache_bytes,
+            "weight_bytes": self.weight_bytes, "decode_bytes": self.decode_bytes,
+            "decode_ops": self.decode_ops, "prefill_ops": self.prefill_ops, "fallback_ops": self.fallback_ops,
+        })
+    }
+}
+
+fn graph_llm(
+    model: &optc::ir::Model,
+    target: &Target,
+    w: &Workload,
+    base: &HashMap<String, i64>,
+) -> anyhow::Result<GraphLlmMetrics> {
+    let g = &model.graph;
+    let d = decoder_dims(g).map_err(|e| crate::runcmd::UsageError(format!("--llm on a model: {e}")))?;
+    let opset = model.opset("").unwrap_or(1);
+    let step = |new: usize, past: usize| -> Report {
+        let mut dims = base.clone();
+        for b in &d.batch {
+            dims.entry(b.clone()).or_insert(1);
+        }
+        dims.insert(d.seq.clone(), new as i64);
+        dims.insert(d.past.clone(), past as i64);
+        if let Some(t) = &d.total {
+            dims.insert(t.clone(), (past + new) as i64);
+        }
+        estimate(g, opset, target, &dims)
+    };
+    let context = w.context.unwrap_or(w.prompt + w.generated).max(1);
+    let chunk = w.chunk.unwrap_or(w.prompt).clamp(1, w.prompt.max(1));
+    let (mut ttft, mut prefill_ops, mut done) = (0.0, 0.0, 0usize);
+    while done < w.prompt.max(1) {
+        let n = chunk.min(w.prompt.max(1) - done);
+        let r = step(n, done);
+        ttft += r.totals.time_s;
+        prefill_ops += r.totals.ops;
+        done += n;
+    }
+    let decode = step(1, context - 1);
+    // Decode cost grows linearly with the context: the mean step is the one at the mid context.
+    let mid = step(1, w.prompt + w.generated / 2);
+    let kv_cache_bytes = d.kv.iter().map(|&(per, b)| (per * b) as f64 * context as f64).sum();
+    let mut fallback_ops: Vec<String> = decode
+        .nodes
+        .iter()
+        .filter(|n| n.fallback)
+        .map(|n| n.op.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    fallback_ops.dedup();
+    Ok(GraphLlmMetrics {
+        target: target.name.clone(),
+        prompt: w.prompt,
+        generated: w.generated,
+        context,
+        chunk: w.chunk,
+        ttft_s: ttft,
+        tpot_s: decode.totals.time_s,
+        tps: if decode.totals.time_s > 0.0 { 1.0 / decode.totals.time_s } else { 0.0 },
+        e2e_s: ttft + w.generated as f64 * mid.totals.time_s,
+        kv_cache_bytes,
+        weight_bytes: decode.totals.weight_bytes,
+        decode_bytes: decode.totals.bytes,
+        decode_ops: decode.totals.ops,
+        prefill_ops,
+        fallback_ops,
+    })
+}
+
+/// `--dim` bindings for the cost model: as `optc run` parses them, no size negative (0 is an
+/// empty dim, as a decoder's past length is on its first step).
 pub fn parse_dims(dims: &[String]) -> anyhow::Result<HashMap<String, i64>> {
     let dims = crate::runcmd::parse_dims(dims)?;
-    if let Some((k, n)) = dims.iter().find(|&(_, &n)| n <= 0) {
-        anyhow::bail!("--dim '{k}={n}': N must be positive");
+    if let Some((k, n)) = dims.iter().find(|&(_, &n)| n < 0) {
+        anyhow::bail!("--dim '{k}={n}': N must not be negative");
     }
     Ok(dims)
 }
+
+const DEFAULT_WORKLOAD: &str = "prompt=512,gen=128";
 
 struct Workload {
     prompt: usize,
@@ -95,7 +259,7 @@ pub fn run(a: CostArgs) -> anyhow::Result<()> {
     let target = Target::load(&a.target).map_err(optc::Error::from)?;
     if let Some(cfg) = &a.llm_config {
         let cfg = LlmConfig::parse(cfg).map_err(|e| crate::runcmd::UsageError(format!("--llm-config: {e}")))?;
-        let w = parse_workload(&a.llm)?;
+        let w = parse_workload(a.llm.as_deref().unwrap_or(DEFAULT_WORKLOAD))?;
         let context = w.context.unwrap_or(w.prompt + w.generated);
         let m = llm_metrics(&cfg, &target, w.prompt, w.generated, context, w.chunk)
             .map_err(|e| crate::runcmd::UsageError(format!("--llm-config: {e}")))?;
@@ -129,6 +293,30 @@ pub fn run(a: CostArgs) -> anyhow::Result<()> {
     let model = Model::load(path)?;
     let ir = model.ir();
     let opset = ir.opset("").unwrap_or(1);
+    if let Some(llm) = &a.llm {
+        let w = parse_workload(llm)?;
+        let m = graph_llm(ir, &target, &w, &dims)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&m.to_json())?);
+            return Ok(());
+        }
+        println!("LLM forecast of {} on target '{}' (LIFE, dims bound per step)", path.display(), target.name);
+        println!("  weights          {:>12}", crate::inspect::fmt_bytes(m.weight_bytes as u64));
+        println!(
+            "  KV cache         {:>12}  at {} tokens",
+            crate::inspect::fmt_bytes(m.kv_cache_bytes as u64),
+            m.context
+        );
+        let chunk = w.chunk.map(|c| format!(", chunks of {c}")).unwrap_or_default();
+        println!("  TTFT             {:>12}  prompt {} tokens{chunk}", fmt_time(m.ttft_s), w.prompt);
+        println!("  TPOT             {:>12}  at context {}", fmt_time(m.tpot_s), m.context);
+        println!("  TPS              {:>12.2}", m.tps);
+        println!("  end to end       {:>12}  prompt {} + {} generated", fmt_time(m.e2e_s), w.prompt, w.generated);
+        if !m.fallback_ops.is_empty() {
+            println!("  on the fallback device: {}", m.fallback_ops.join(", "));
+        }
+        return Ok(());
+    }
     let r = estimate(&ir.graph, opset, &target, &dims);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

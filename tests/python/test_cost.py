@@ -96,3 +96,36 @@ def test_cost_on_real_models_reads_no_data(optc_bin):
         assert r.returncode == 0, describe_run(r)
         rep = json.loads(r.stdout)
         assert rep["totals"]["time_s"] > 0, m.name
+
+
+def test_llm_metrics_from_a_decoder_graph(optc_bin, tmp_path):
+    """`optc cost MODEL --llm ...` on a KV-cache decoder binds its dims per step: the KV cache is
+    exactly layers x 2 x kv_heads x head_dim x context x 4 bytes, the weights match the config
+    forecast of the same shape, and TTFT/TPOT grow with the prompt and the context."""
+    src = tmp_path / "llama_kv.onnx"
+    spec = "layers=4,hidden=256,heads=4,kv_heads=2,ffn=688,vocab=1000"
+    r = run_optc(optc_bin, ["gen", f"llama-kv:{spec}", "-o", src])
+    assert r.returncode == 0, describe_run(r)
+
+    def metrics(workload: str) -> dict:
+        r = run_optc(optc_bin, ["cost", src, "--target", "cpu", "--json", "--llm", workload])
+        assert r.returncode == 0, describe_run(r)
+        return json.loads(r.stdout)
+
+    a = metrics("prompt=128,gen=32")
+    b = metrics("prompt=1024,gen=32")
+    c = metrics("prompt=128,gen=32,context=2048")
+    assert a["kv_cache_bytes"] == 4 * 2 * 2 * 64 * 160 * 4
+    assert c["kv_cache_bytes"] == 4 * 2 * 2 * 64 * 2048 * 4
+    assert b["ttft_s"] > a["ttft_s"] > 0
+    assert c["tpot_s"] > a["tpot_s"] > 0
+    assert abs(a["tps"] * a["tpot_s"] - 1) < 1e-9
+    cfg = json.loads(run_optc(optc_bin, ["cost", "--llm-config",
+                                         "layers=4,hidden=256,heads=4,kv_heads=2,intermediate=688,vocab=1000,wbits=32",
+                                         "--json", "--llm", "prompt=128,gen=32"]).stdout)
+    assert abs(a["weight_bytes"] / cfg["weight_bytes"] - 1) < 0.01, (a["weight_bytes"], cfg["weight_bytes"])
+    # a model that is not a decoder is a clear error
+    cnn = tmp_path / "cnn.onnx"
+    assert run_optc(optc_bin, ["gen", "tiny-cnn", "-o", cnn]).returncode == 0
+    r = run_optc(optc_bin, ["cost", cnn, "--llm", "prompt=128"])
+    assert r.returncode == 2 and "input_ids" in r.stderr, describe_run(r)
