@@ -4,6 +4,7 @@ mod costcmd;
 mod ggufcmd;
 mod inspect;
 mod llmcmd;
+mod quantreport;
 mod runcmd;
 mod tokcmd;
 
@@ -57,6 +58,9 @@ optc cost model.onnx --target my-board.toml --json\n  \
 optc cost --llm-config preset=llama3-8b,wbits=4 --target npu --llm prompt=1024,gen=128\n  \
 optc cost --llm-config preset=llama3-8b,wbits=4,gate_up_bits=2 --target igpu --llm prompt=512,gen=128,context=4096")]
     Cost(costcmd::CostArgs),
+    /// Per-layer quantisation sensitivity: the output error with only that layer quantised,
+    /// most sensitive first, and the layers to leave float (`optc opt --exclude-auto K`).
+    QuantReport(quantreport::QuantReportArgs),
     /// List the built-in targets (or print one's target file with --show NAME).
     Targets(TargetsArgs),
     /// Show a GGUF file's metadata and tensors; write tensors dequantised as .npy (--tensor/--all -o DIR).
@@ -141,6 +145,10 @@ struct OptArgs {
     /// one run, or DIR/<run>/<input>.npy one run per subfolder.
     #[arg(long, value_name = "DIR")]
     calib: Option<PathBuf>,
+    /// Measure every layer's quantisation sensitivity first (as `optc quant-report` does) and
+    /// leave the K most sensitive layers float.
+    #[arg(long = "exclude-auto", value_name = "K")]
+    exclude_auto: Option<usize>,
 }
 
 fn parse_external(s: &str) -> Result<ExternalData, String> {
@@ -179,6 +187,7 @@ fn main() -> ExitCode {
         Command::Run(a) => runcmd::run(a),
         Command::Verify(a) => runcmd::verify(a),
         Command::Cost(a) => costcmd::run(a),
+        Command::QuantReport(a) => quantreport::run(a),
         Command::Targets(a) => match a.show {
             Some(name) => costcmd::show_target(&name),
             None => costcmd::targets(),
@@ -268,6 +277,14 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     cx.cost_each = !a.quiet;
     if let Some(dir) = &a.calib {
         cx.calib = Some(load_calib(dir)?);
+    }
+    if let Some(k) = a.exclude_auto.filter(|&k| k > 0) {
+        let r = quantreport::sensitivity(model.ir(), &a.pipeline, &target, &cx)?;
+        cx.layers.exclude = r.layers.iter().take(k).map(|l| l.name.clone()).collect();
+        if !a.quiet {
+            let names: Vec<String> = r.layers.iter().take(k).map(|l| format!("{} ({:.2e})", l.name, l.error)).collect();
+            println!("exclude-auto: the {k} most sensitive layer(s) stay float: {}", names.join(", "));
+        }
     }
     let predicted_before = (!a.quiet).then(|| cx.predict(model.ir()));
     if let Some(n) = a.max_rewrites {

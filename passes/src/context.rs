@@ -42,6 +42,28 @@ pub struct Calibration {
     pub feeds: Vec<std::collections::HashMap<String, optc_eval::Value>>,
 }
 
+/// Which layers (weighted nodes, by name) a quantiser may touch: `optc quant-report` quantises
+/// one layer at a time with `only`, `optc opt --exclude-auto K` leaves the K most sensitive
+/// ones float with `exclude`.
+#[derive(Clone, Debug, Default)]
+pub struct LayerFilter {
+    pub only: Option<std::collections::HashSet<String>>,
+    pub exclude: std::collections::HashSet<String>,
+}
+
+impl LayerFilter {
+    /// Why the layer `name` must stay as it is, if it must.
+    pub fn refuses(&self, name: &str) -> Option<&'static str> {
+        if self.only.as_ref().is_some_and(|o| !o.contains(name)) {
+            Some("not among the layers being measured")
+        } else if self.exclude.contains(name) {
+            Some("excluded by --exclude-auto (among the most sensitive layers)")
+        } else {
+            None
+        }
+    }
+}
+
 pub struct PassContext {
     pub target: Target,
     pub budget: Budget,
@@ -53,6 +75,8 @@ pub struct PassContext {
     pub cost_each: bool,
     /// Calibration inputs (`--calib`); passes that need some make seeded random ones without.
     pub calib: Option<Calibration>,
+    /// The layers quantisers may touch.
+    pub layers: LayerFilter,
     explanations: Vec<(String, String)>,
     reports: Vec<(String, String)>,
     current_pass: String,
@@ -67,6 +91,7 @@ impl PassContext {
             dims: Default::default(),
             cost_each: false,
             calib: None,
+            layers: LayerFilter::default(),
             explanations: Vec::new(),
             reports: Vec::new(),
             current_pass: String::new(),

@@ -24,7 +24,7 @@ pub mod quant;
 pub mod shape_fold;
 pub mod util;
 
-pub use context::{Budget, Calibration, PassContext};
+pub use context::{Budget, Calibration, LayerFilter, PassContext};
 pub use manager::{PassManager, PassRun, PipelineReport};
 pub use registry::{PassRegistry, Plugin};
 

@@ -445,3 +445,22 @@ def test_awq_without_calib_on_a_kv_cache_decoder(optc_bin, tmp_path: Path):
     assert "past_key_values.0.key [1, 2, 0, 32]" in log, log
     assert "AWQ alpha" in log and "calibration failed" not in log, log
     assert "(awq, block 32" in log and "(rtn, block" not in log, log
+
+
+def test_quant_report_for_w4(models, optc_bin, outdir: Path):
+    """quant-report ranks the generated llama's weights for quant-w4; --exclude-auto 1 leaves
+    exactly the first one float."""
+    import json
+    src = models["llama"]
+    r = run_optc(optc_bin, ["quant-report", src, "-p", "quant-w4(min_size=16)", "--json"], timeout=600)
+    assert r.returncode == 0, describe_run(r)
+    rep = json.loads(r.stdout)
+    assert len(rep["layers"]) >= 8 and rep["full_error"] > 0
+    out = outdir / "w4_exclude_auto.onnx"
+    full = outdir / "w4_all.onnx"
+    for dst, extra in ((out, ["--exclude-auto", "1"]), (full, [])):
+        r = run_optc(optc_bin, ["opt", src, "-p", "quant-w4(min_size=16)", *extra, "-o", dst], timeout=600)
+        assert r.returncode == 0, describe_run(r)
+    assert ops(out)["MatMulNBits"] == ops(full)["MatMulNBits"] - 1
+    names = {n.name for n in onnx.load(str(out)).graph.node if n.op_type in ("MatMul", "Gemm")}
+    assert rep["layers"][0]["name"] in names

@@ -192,3 +192,35 @@ def test_w8_bad_options_are_clear_errors(models_dir, optc_bin, outdir: Path):
         assert r.returncode != 0, describe_run(r)
         assert want in r.stderr, describe_run(r)
         assert "panicked" not in r.stderr
+
+
+def test_quant_report_and_exclude_auto(optc_bin, models_dir, tmp_path: Path):
+    """`optc quant-report` measures each weighted layer alone; `--exclude-auto K` leaves the K
+    it ranks first float (their weights stay float initializers, every other Conv is fed by a
+    DequantizeLinear)."""
+    src = model_path(models_dir, "ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    calib = tmp_path / "calib"
+    for i, feed in enumerate(make_feeds(src, 2, seed=5)):
+        (calib / f"{i:03d}").mkdir(parents=True)
+        for k, v in feed.items():
+            np.save(calib / f"{i:03d}" / f"{k}.npy", v)
+    r = run_optc(optc_bin, ["quant-report", src, "-p", "quant-w8", "--calib", calib, "--json"], timeout=600)
+    assert r.returncode == 0, describe_run(r)
+    import json
+    rep = json.loads(r.stdout)
+    layers = [n for n in onnx.load(str(src)).graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    assert len(rep["layers"]) == len(layers) == 54  # 53 Conv and the classifier's MatMul
+    errs = [l["error"] for l in rep["layers"]]
+    assert errs == sorted(errs, reverse=True) and errs[0] > 0
+    out = tmp_path / "w8.onnx"
+    r = run_optc(optc_bin, ["opt", src, "-p", "quant-w8", "--calib", calib, "--exclude-auto", "2", "-o", out],
+                 timeout=600)
+    assert r.returncode == 0, describe_run(r)
+    top = [l["name"] for l in rep["layers"][:2]]
+    assert all(t in r.stdout for t in top), describe_run(r)
+    m = onnx.load(str(out))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    float_weight = [n.name for n in m.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+                    and not (n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear")]
+    assert sorted(float_weight) == sorted(top), (float_weight, top)
+    onnx.checker.check_model(m, full_check=True)

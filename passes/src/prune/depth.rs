@@ -173,7 +173,7 @@ impl Pass for PruneDepth {
 }
 
 /// The outputs of `model` on every feed (float outputs only, flattened), in feed order.
-fn run_all(model: &Model, feeds: &[Feed]) -> Result<Vec<Vec<Vec<f32>>>, String> {
+pub fn run_all(model: &Model, feeds: &[Feed]) -> Result<Vec<Vec<Vec<f32>>>, String> {
     let ev = Evaluator::new(model).map_err(|e| e.to_string())?;
     let mut all = Vec::with_capacity(feeds.len());
     for f in feeds {

@@ -134,6 +134,8 @@ enum Format {
 }
 
 struct Config {
+    /// The context's layer filter, as the pass started.
+    layers: crate::LayerFilter,
     block: usize,
     sym: bool,
     method: Method,
@@ -266,6 +268,7 @@ fn config(opts: &PassOptions, cx: &mut PassContext) -> Result<Option<Config>, Pa
         .map(String::from)
         .collect();
     Ok(Some(Config {
+        layers: cx.layers.clone(),
         block,
         sym: opts.bool("sym")?,
         method,
@@ -321,6 +324,10 @@ fn select(g: &Graph, opset: i64, cfg: &Config) -> (Vec<Cand>, Vec<String>) {
         }
         if let Some(pat) = cfg.exclude.iter().find(|p| name.contains(p.as_str())) {
             why.push(format!("{op} at '{name}': excluded (matches '{pat}')"));
+            continue;
+        }
+        if let Some(reason) = cfg.layers.refuses(&name) {
+            why.push(format!("{op} at '{name}': {reason}"));
             continue;
         }
         let Some(t) = const_tensor(g, w) else {

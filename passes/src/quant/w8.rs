@@ -95,6 +95,8 @@ enum Method {
 
 #[derive(Clone, Debug)]
 struct Config {
+    /// The context's layer filter, as the pass started.
+    layers: crate::LayerFilter,
     method: Method,
     percentile: f64,
     bins: usize,
@@ -174,6 +176,7 @@ fn config(opts: &PassOptions, cx: &PassContext) -> Result<Config, PassError> {
         }
     }
     Ok(Config {
+        layers: cx.layers.clone(),
         method,
         percentile,
         bins,
@@ -704,6 +707,10 @@ fn plan(g: &Graph, types: &Types, cfg: &Config, cx: &mut PassContext) -> Plan {
         }
         if cfg.exclude_ops.iter().any(|o| o == op.op_type()) {
             skip(cx, "excluded (exclude_ops)".into());
+            continue;
+        }
+        if let Some(reason) = cfg.layers.refuses(&name) {
+            skip(cx, reason.into());
             continue;
         }
         let Some(out) = node.output(0) else { continue };
