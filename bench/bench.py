@@ -27,6 +27,29 @@ Benchmarks
              MLP / CNN / transformer models, with the cpu target's efficiency
              factors and launch overhead fitted to micro-benchmarks first
              (bench/life.py; raw figures in OUT_DIR/life/life.json).
+  llm        SmolLM2-135M from its GGUF: `optc import`, `optc eval ppl`
+             against onnxruntime on the same windows, `optc generate`
+             (bench/llm.py; raw figures under OUT_DIR/llm).
+  prune      depth pruning (`prune-depth`) on the PP-OCR direction
+             classifier and recogniser: accuracy on rendered text lines,
+             LIFE-predicted and measured latency, and the
+             fuse,prune-depth,quant-w4 headline (bench/prune.py; raw figures
+             in OUT_DIR/prune/prune.json).
+  w8         W8A8 static quantisation: `quant-w8` against onnxruntime's
+             quantize_static on every float cache model (output cosine,
+             latency, tool time, LIFE, size; bench/quant_w8.py --rounds
+             W8_ROUNDS; raw figures in OUT_DIR/quant_w8/quant_w8.json).
+  w4         weight-only quantisation: `quant-w4` RTN / AWQ / GPTQ against
+             onnxruntime's MatMulNBits quantiser, and W4/W2-GateUp
+             (bench/quant_w4.py; raw figures in OUT_DIR/quant_w4/).
+
+Sections prune, w8 and w4 (report sections F, G, H) each run one script as
+`SCRIPT --optc OPTC --models-dir DIR --out-dir DIR`; the script prints
+{"json": PATH} and that file holds its raw figures and "markdown", the lines
+of the report section, which is printed under the section heading with the
+command line; a script that fails, times out or writes no markdown gives an
+error line in its section.  A section not run this time (--only, --quick) is
+carried over from the previous report, marked as such.
 
 Every tool runs as its own process; wall time is measured around the process
 and peak RSS is GNU time's %M for it (falling back to polling VmHWM when
@@ -37,6 +60,7 @@ the raw figures to OUT_DIR/results.json.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import os
@@ -60,6 +84,13 @@ ORT_RUN = os.path.join(HERE, "ort_run.py")
 LIFE = os.path.join(HERE, "life.py")
 LLM = os.path.join(HERE, "llm.py")
 LLM_HEADING = "## E. LLM from GGUF: import, perplexity, generation"
+# sections F-H: standalone scripts that write their own report lines (see bench_script / report_script)
+PRUNE = os.path.join(HERE, "prune.py")
+PRUNE_HEADING = "## F. Depth pruning (`prune-depth`)"
+QUANT_W8 = os.path.join(HERE, "quant_w8.py")
+W8_HEADING = "## G. W8A8 quantisation (`quant-w8`)"
+QUANT_W4 = os.path.join(HERE, "quant_w4.py")
+W4_HEADING = "## H. W4 weight-only quantisation (`quant-w4`)"
 OPT_LATENCY = os.path.join(HERE, "opt_latency.py")
 PEER_TRANSFORMERS = os.path.join(HERE, "peer_transformers.py")
 
@@ -790,6 +821,159 @@ def report_llm(w, lm: dict) -> None:
             w("")
 
 
+# --------------------------------------------------------------------------- benchmarks F-H: scripts
+
+
+def run_script(cmd: list[str], timeout: float) -> tuple[int | None, str, list[str]]:
+    """Runs cmd in its own process group: (exit status or None on timeout, stdout, last stderr lines).
+
+    stderr (progress) is passed through to ours as it comes and its tail kept for the error line;
+    on a timeout, or if this driver is interrupted, the whole group (the script and the optc
+    processes it started) is killed."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    out: list[str] = []
+
+    def pump_err():
+        for ln in p.stderr:
+            sys.stderr.write(ln)
+            sys.stderr.flush()
+            tail.append(ln.rstrip("\n"))
+
+    def pump_out():
+        out.append(p.stdout.read())
+
+    threads = [threading.Thread(target=pump_err, daemon=True), threading.Thread(target=pump_out, daemon=True)]
+    for t in threads:
+        t.start()
+
+    def kill_group():
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    try:
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group()
+        p.wait()
+        rc = None
+    except BaseException:
+        kill_group()
+        raise
+    for t in threads:
+        t.join(timeout=5)
+    return rc, "".join(out), list(tail)
+
+
+def script_error_line(tail: list[str]) -> str:
+    """The most telling stderr line of a failed script: the exception line of a traceback, else the last line."""
+    lines = [x for x in tail if x.strip()]
+    for x in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", x):
+            return x.strip()
+    return lines[-1].strip() if lines else ""
+
+
+def bench_script(a, optc: str, optc_err: str | None, name: str, script: str, timeout: float,
+                 extra: list[str] | None = None) -> dict:
+    """One of sections F-H: runs `script --optc --models-dir --out-dir OUT_DIR/name [extra]` and
+    returns its JSON (raw figures and "markdown"), with "cmd" (the command line, the model
+    directory written $OPTC_MODELS) and "wall_s"; a failure returns {"error": ..., "cmd": ...}."""
+    od = os.path.join(a.out_dir, name)
+    cmd = [PY, script, "--optc", optc, "--models-dir", a.models_dir, "--out-dir", od] + (extra or [])
+    shown = shcmd(cmd).replace(shlex.quote(a.models_dir), "$OPTC_MODELS")
+    rel = os.path.relpath(script, ROOT)
+    if optc_err:
+        return {"error": f"optc not available: {optc_err}", "cmd": shown}
+    if not os.path.exists(script):
+        return {"error": f"{rel} does not exist", "cmd": shown}
+    os.makedirs(od, exist_ok=True)
+    log(f"{name}: " + shcmd(cmd))
+    t = time.perf_counter()
+    rc, stdout, tail = run_script(cmd, timeout)
+    wall = time.perf_counter() - t
+    if rc is None:
+        return {"error": f"{rel} timed out after {timeout:.0f} s (killed)", "cmd": shown, "wall_s": wall}
+    j = last_json(stdout) or {}
+    why = script_error_line(tail)
+    if rc != 0:
+        return {"error": f"{rel} exited {rc}" + (f": {why}" if why else ""), "cmd": shown, "wall_s": wall}
+    path = j.get("json") if isinstance(j, dict) else None
+    if not path or not os.path.exists(path):
+        return {"error": f"{rel} exited 0 but printed no {{\"json\": PATH}} line naming an existing file",
+                "cmd": shown, "wall_s": wall}
+    try:
+        res = json.load(open(path))
+    except (OSError, ValueError) as e:
+        return {"error": f"{rel}: cannot read {os.path.relpath(path, ROOT)}: {e}", "cmd": shown, "wall_s": wall}
+    if not isinstance(res, dict):
+        return {"error": f"{rel}: {os.path.relpath(path, ROOT)} is not a JSON object", "cmd": shown, "wall_s": wall}
+    md = res.get("markdown")
+    if not isinstance(md, list) or not all(isinstance(x, str) for x in md):
+        res["error"] = f"{rel}: {os.path.relpath(path, ROOT)} has no \"markdown\" list of lines"
+    res["cmd"] = shown
+    res["json_path"] = os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+    res["wall_s"] = wall
+    return res
+
+
+def report_script(w, heading: str, res: dict) -> None:
+    """Sections F-H: the heading, the command line, then the script's own markdown lines.  Its
+    title line (`#`/`## ...`) becomes a bold line, and any other `## ` heading in it becomes `### `,
+    so that the section ends at the next `## ` of this report (previous_block relies on that)."""
+    w(heading)
+    w("")
+    cmd = res.get("cmd")
+    took = f" ({res['wall_s']:.0f} s)" if isinstance(res.get("wall_s"), (int, float)) else ""
+    if cmd:
+        w(f"Command{took}: `{cmd}`" + (f"; raw figures in `{res['json_path']}`." if res.get("json_path") else "."))
+        w("")
+    if res.get("error"):
+        w(f"**Failed:** {esc(res['error'])}")
+        w("")
+        return
+    md = list(res["markdown"])
+    if md and re.match(r"^#{1,2} ", md[0]):
+        title = re.sub(r"^#{1,2} +(?:[A-Z]\. +)?", "", md[0]).strip()
+        md = md[1:]
+        if title:
+            w(f"**{title}**")
+            w("")
+    while md and not md[0].strip():
+        md = md[1:]
+    while md and not md[-1].strip():
+        md = md[:-1]
+    for x in md:
+        w("#" + x if re.match(r"^#{1,2} ", x) else x)
+    w("")
+
+
+CARRY_NOTE = "*(Not run this time: carried over"
+
+
+def previous_origin(path: str) -> str | None:
+    """Where the previous report at `path` came from, for the note over a carried-over section:
+    its command and date, CPU and optc commit, e.g. "generated by `bench/run --quick` on
+    2026-11-23 11:39 (UTC); 2 CPUs (Intel(R) Xeon(R) Processor), optc git 075de85"."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    parts = []
+    m = re.search(r"^Generated by (`[^`]*`) on ([^;]*?\(UTC\))", text, re.M)
+    if m:
+        parts.append(f"generated by {m.group(1)} on {m.group(2)}")
+    m = re.search(r"^- Machine: (.*?), [\d.]+ \S+ RAM", text, re.M)
+    cpu = m.group(1) if m else None
+    m = re.search(r"^- optc: .*?\(git ([^;)]+)", text, re.M)
+    git = f"optc git {m.group(1)}" if m else None
+    if cpu or git:
+        parts.append(", ".join(x for x in (cpu, git) if x))
+    return "; ".join(parts) or None
+
+
 def previous_block(path: str, heading: str) -> list[str] | None:
     """The lines of the section whose `## ` heading starts with `heading` in the report at `path`,
     up to the next `## `."""
@@ -833,17 +1017,30 @@ def esc(s: str) -> str:
 
 
 def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = None, lf: dict | None = None,
-           lm: dict | None = None) -> str:
+           lm: dict | None = None, pr: dict | None = None, w8: dict | None = None, w4: dict | None = None) -> str:
     L: list[str] = []
     w = L.append
 
+    prev_origin = previous_origin(a.report)
+
     def carry(heading: str) -> None:
-        """A section not run this time: the previous report's block, marked as such."""
+        """A section not run this time: the previous report's block, unchanged, under a note that says
+        where it comes from.  A block that was itself carried over keeps its note (it names the run
+        that measured it)."""
         prev = previous_block(a.report, heading)
         if prev:
-            note = "*(Not run this time: carried over from the previous report.)*"
-            rest = prev[4:] if len(prev) > 3 and prev[2] == note else prev[2:]
-            L.extend(prev[:2] + [note, ""] + rest)
+            rest = prev[1:]
+            while rest and not rest[0].strip():
+                rest = rest[1:]
+            if rest and rest[0].startswith(CARRY_NOTE):
+                note = rest[0]
+                rest = rest[1:]
+                while rest and not rest[0].strip():
+                    rest = rest[1:]
+            else:
+                note = CARRY_NOTE + (f" from the report {prev_origin}.)*" if prev_origin else
+                                     " from the previous report.)*")
+            L.extend([prev[0], "", note, ""] + rest)
 
     w("# optc benchmarks")
     w("")
@@ -1131,10 +1328,20 @@ def report(a, meta: dict, rt: dict | None, op: dict | None, ev: dict | None = No
         report_llm(w, lm)
     else:
         carry(LLM_HEADING)
+    for heading, res in ((PRUNE_HEADING, pr), (W8_HEADING, w8), (W4_HEADING, w4)):
+        if res is not None:
+            report_script(w, heading, res)
+        else:
+            carry(heading[:6])  # "## F. ": the letter, whatever the title said then
     w("## Bench timings")
     w("")
     for k, s in meta["section_s"].items():
         w(f"- {k}: {s:.0f} s")
+    # the timings of the sections carried over, as the previous report gave them
+    ran = {k[:2] for k in meta["section_s"]}
+    for ln in previous_block(a.report, "## Bench timings") or []:
+        if re.match(r"^- [A-Z]\. ", ln) and ln[2:4] not in ran and previous_block(a.report, "## " + ln[2:4]):
+            w(ln if ln.endswith("(carried over)") else ln + " (carried over)")
     w("")
     w("Raw figures: `bench/out/results.json` (not committed).")
     return "\n".join(L) + "\n"
@@ -1486,7 +1693,7 @@ def report_eval(w, a, ev: dict) -> None:
 
 # --------------------------------------------------------------------------- main
 
-SECTIONS = {"roundtrip", "big", "optimise", "optimize", "small", "eval", "life", "llm"}
+SECTIONS = {"roundtrip", "big", "optimise", "optimize", "small", "eval", "life", "llm", "prune", "w8", "w4"}
 MODEL_SECTIONS = {"optimise", "optimize", "small", "eval"}
 
 
@@ -1501,7 +1708,8 @@ def main() -> int:
     ap.add_argument("--report", default=os.path.join(ROOT, "docs", "BENCH.md"))
     ap.add_argument("--quick", action="store_true", help="skip the 2.3 GB round trip")
     ap.add_argument("--only", action="append", default=[],
-                    help="roundtrip | optimise | eval | life | llm | a model file stem (repeatable, or comma separated); "
+                    help="roundtrip | optimise | eval | life | llm | prune | w8 | w4 | a model file stem "
+                         "(repeatable, or comma separated); "
                          "model stems alone select the optimise and eval sections")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--big-reps", type=int, default=1)
@@ -1512,6 +1720,8 @@ def main() -> int:
                     help="optimise: seconds of onnxruntime runs per model variant per round (latency)")
     ap.add_argument("--lat-rounds", type=int, default=3,
                     help="optimise: interleaved latency rounds per model (0: outputs checked, no timing)")
+    ap.add_argument("--w8-rounds", type=int, default=7,
+                    help="w8: interleaved onnxruntime latency rounds per model (bench/quant_w8.py --rounds)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-gb", type=float, default=2.3)
     ap.add_argument("--timeout", type=float, default=600)
@@ -1534,6 +1744,9 @@ def main() -> int:
     want_ev = not only or "eval" in only or models_only
     want_life = not only or "life" in only
     want_llm = not only or "llm" in only
+    want_prune = not only or "prune" in only
+    want_w8 = not only or "w8" in only
+    want_w4 = not only or "w4" in only
     partial = []
     if a.quick:
         partial.append("--quick: big model round trip skipped")
@@ -1546,7 +1759,7 @@ def main() -> int:
     meta["rss_method"] = ("`/usr/bin/time -f %M` (the child's `ru_maxrss` from `wait4(2)`)"
                           if os.access(GNU_TIME, os.X_OK) else
                           "the child's `VmHWM` from /proc, polled every 2 ms (/usr/bin/time was not installed)")
-    rt = op = ev = lf = lm = None
+    rt = op = ev = lf = lm = pr = w8 = w4 = None
     def section(label: str, name: str, run, fallback: dict):
         """Runs one benchmark section, timing it; a crash is reported in its result, not raised."""
         t = time.perf_counter()
@@ -1573,12 +1786,23 @@ def main() -> int:
     if want_llm:
         lm = section("E. LLM from GGUF (import, perplexity, generation)", "llm",
                      lambda: bench_llm(a, optc, optc_err), {})
+    if want_prune:
+        pr = section("F. depth pruning (bench/prune.py)", "prune",
+                     lambda: bench_script(a, optc, optc_err, "prune", PRUNE, a.timeout * 4), {})
+    if want_w8:
+        w8 = section("G. W8A8 quantisation (bench/quant_w8.py)", "w8",
+                     lambda: bench_script(a, optc, optc_err, "quant_w8", QUANT_W8, a.timeout * 4,
+                                          ["--rounds", str(a.w8_rounds)]), {})
+    if want_w4:
+        w4 = section("H. W4 weight-only quantisation (bench/quant_w4.py)", "w4",
+                     lambda: bench_script(a, optc, optc_err, "quant_w4", QUANT_W4, a.timeout * 4), {})
     meta["total_s"] = time.perf_counter() - t_all
     meta["loadavg"] = [load0, os.getloadavg()[0]]
-    json.dump({"meta": meta, "roundtrip": rt, "optimise": op, "eval": ev, "life": lf, "llm": lm}, open(os.path.join(a.out_dir, "results.json"), "w"),
+    json.dump({"meta": meta, "roundtrip": rt, "optimise": op, "eval": ev, "life": lf, "llm": lm,
+               "prune": pr, "quant_w8": w8, "quant_w4": w4}, open(os.path.join(a.out_dir, "results.json"), "w"),
               indent=1, default=str)
     os.makedirs(os.path.dirname(a.report), exist_ok=True)
-    text = report(a, meta, rt, op, ev, lf, lm)  # before opening: it reads the previous report
+    text = report(a, meta, rt, op, ev, lf, lm, pr, w8, w4)  # before opening: it reads the previous report
     with open(a.report, "w") as f:
         f.write(text)
     log(f"wrote {os.path.relpath(a.report, ROOT)} and {os.path.relpath(os.path.join(a.out_dir, 'results.json'), ROOT)}")
