@@ -50,8 +50,19 @@ impl Target {
     /// Whether `cost` runs on the device itself (op and precision native).
     pub fn is_native(&self, cost: &NodeCost) -> bool {
         cost.free
-            || (self.runs_op(&cost.op) && self.runs_precision(cost.precision))
+            || (self.runs_op(&cost.op) && self.runs_precision(self.compute_precision(cost)))
             || (cost.op.starts_with("Fused[") && self.runs_fused(cost))
+    }
+
+    /// The precision `cost` computes in on this device. A weight-only quantised matmul
+    /// (MatMulNBits: low-bit weights, float activations) takes the device's preferred float
+    /// where the device does not run its activations' precision: an NPU runs W4A16 in bf16.
+    pub fn compute_precision(&self, cost: &NodeCost) -> Precision {
+        if cost.op.ends_with("MatMulNBits") && !self.runs_precision(cost.precision) {
+            self.preferred_float()
+        } else {
+            cost.precision
+        }
     }
 
     fn runs_fused(&self, cost: &NodeCost) -> bool {
@@ -81,7 +92,8 @@ impl Target {
         let act = cost.activation_bytes();
         let memory_s = cost.weight_bytes / figs.bytes_per_s().max(f64::MIN_POSITIVE)
             + act / figs.act_bytes_per_s(act).max(f64::MIN_POSITIVE);
-        let mut t = roofline_with_memory(&figs, cost.ops, memory_s, cost.precision);
+        let p = if native { self.compute_precision(cost) } else { cost.precision };
+        let mut t = roofline_with_memory(&figs, cost.ops, memory_s, p);
         t.fallback = !native && self.fallback.is_some();
         t
     }
