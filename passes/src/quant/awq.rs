@@ -136,43 +136,7 @@ pub fn calibration_feeds(
     runs: usize,
     method: &str,
 ) -> Result<Vec<HashMap<String, Value>>, String> {
-    let feeds = match cx.calib.as_ref().filter(|c| !c.feeds.is_empty()) {
-        Some(c) => c.feeds.clone(),
-        None => {
-            let (feeds, how) = random_feeds(model, &cx.dims, runs)?;
-            cx.note(|| {
-                format!(
-                    "warning: no calibration data; {method} calibrates on {} seeded random input set(s) ({how}); \
-                     give real inputs (--calib) for a meaningful search",
-                    feeds.len()
-                )
-            });
-            feeds
-        }
-    };
-    // Inputs the model does not have (a calibration set made for another model) are dropped.
-    let g = &model.graph;
-    let known: HashSet<&str> = g.inputs.iter().map(|d| g.value(d.value).name.as_str()).collect();
-    let mut dropped: Vec<String> = Vec::new();
-    let feeds: Vec<HashMap<String, Value>> = feeds
-        .into_iter()
-        .map(|f| {
-            f.into_iter()
-                .filter(|(k, _)| {
-                    let keep = known.contains(k.as_str());
-                    if !keep && !dropped.contains(k) {
-                        dropped.push(k.clone());
-                    }
-                    keep
-                })
-                .collect()
-        })
-        .collect();
-    if !dropped.is_empty() {
-        dropped.sort();
-        cx.note(|| format!("calibration inputs the model does not have are ignored: {}", dropped.join(", ")));
-    }
-    Ok(feeds)
+    crate::calib::feeds(model, cx, runs, method)
 }
 
 /// Runs the model on every feed, reporting to `obs`.
