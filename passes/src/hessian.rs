@@ -234,19 +234,11 @@ impl Observer for HessianObserver {
 mod tests {
     use super::*;
     use crate::quant::Rng;
-    use optc_eval::Tensor;
+    use crate::test_support::f32_value;
 
     fn randn(n: usize, seed: u64) -> Vec<f32> {
         let mut r = Rng(seed);
         (0..n).map(|_| r.normal()).collect()
-    }
-
-    fn f32_value(dims: &[i64], data: &[f32]) -> Value {
-        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        Value::Tensor(
-            Tensor::from_ir(&optc_ir::Tensor::from_raw(None, optc_ir::DType::F32, dims.to_vec(), bytes.into()))
-                .unwrap(),
-        )
     }
 
     fn matmul(a: &[f64], b: &[f64], k: usize) -> Vec<f64> {

@@ -22,6 +22,8 @@ pub mod identity;
 pub mod prune;
 pub mod quant;
 pub mod shape_fold;
+#[cfg(test)]
+mod test_support;
 pub mod util;
 
 pub use context::{Budget, Calibration, LayerFilter, PassContext};

@@ -634,6 +634,7 @@ fn prune(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::f32_value;
     use crate::{Calibration, PassManager, PassRegistry};
     use optc_ir::builder::{GraphBuilder, Rng};
     use optc_ir::{Attribute, DType, Dim, Op, Type};
@@ -668,9 +669,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let data: Vec<f32> = rng.vec((ROWS * D) as usize, 2.0);
-                let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let t = optc_ir::Tensor::from_raw(None, DType::F32, vec![ROWS, D], bytes.into());
-                [("x".to_string(), Value::Tensor(optc_eval::Tensor::from_ir(&t).unwrap()))].into_iter().collect()
+                [("x".to_string(), f32_value(&[ROWS, D], &data))].into_iter().collect()
             })
             .collect()
     }
@@ -822,17 +821,12 @@ mod tests {
 #[cfg(test)]
 mod merge_tests {
     use super::*;
+    use crate::test_support::f32_value;
     use optc_ir::builder::{GraphBuilder, Rng};
     use optc_ir::{Attribute, DType, Dim, Op, Type};
 
     fn positive(rng: &mut Rng, n: usize) -> Vec<f32> {
         rng.vec(n, 1.0).into_iter().map(|v| v.abs() + 0.01).collect()
-    }
-
-    fn value(dims: &[i64], data: &[f32]) -> Value {
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t = optc_ir::Tensor::from_raw(None, DType::F32, dims.to_vec(), bytes.into());
-        Value::Tensor(optc_eval::Tensor::from_ir(&t).unwrap())
     }
 
     /// With positive inputs, weights and biases the Relu is the identity, so merging the two
@@ -864,7 +858,7 @@ mod merge_tests {
         let y = b.op(Op::MatMul, &[h, w2], vec![]).unwrap();
         b.output(y, "y", None).unwrap();
         let m = Model::new(b.finish(), 17);
-        check_exact(&m, value(&[2, 3, 8], &positive(&mut rng, 48)));
+        check_exact(&m, f32_value(&[2, 3, 8], &positive(&mut rng, 48)));
     }
 
     #[test]
@@ -893,7 +887,7 @@ mod merge_tests {
         )
         .unwrap();
         let m = Model::new(b.finish(), 17);
-        check_exact(&m, value(&[1, 4, 7, 6], &positive(&mut rng, 168)));
+        check_exact(&m, f32_value(&[1, 4, 7, 6], &positive(&mut rng, 168)));
     }
 
     #[test]

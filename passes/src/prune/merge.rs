@@ -13,8 +13,9 @@
 //! rules out the merges that grow the work (a depthwise conv into a full one).
 
 use super::blocks::node_label;
+use crate::fuse::{self, add_f32, single_use};
 use crate::util;
-use optc_ir::{AttrList, Attribute, DType, Graph, NodeId, NodeSpec, Op, Tensor, ValueId};
+use optc_ir::{AttrList, Attribute, Graph, NodeId, NodeSpec, Op, ValueId};
 
 /// A mergeable `L1 -> act -> L2` chain.
 #[derive(Clone, Debug)]
@@ -49,19 +50,12 @@ fn is_act(op: &Op) -> bool {
 }
 
 fn single_reader(g: &Graph, v: ValueId) -> Option<NodeId> {
-    let uses = g.uses(v);
-    if uses.len() != 1 || g.is_graph_output(v) {
-        return None;
-    }
-    Some(uses[0].0)
+    single_use(g, v).map(|(n, _)| n)
 }
 
+/// A float32 constant as `(dims, data)`.
 fn f32_const(g: &Graph, v: Option<ValueId>) -> Option<(Vec<i64>, Vec<f32>)> {
-    let t = util::const_tensor(g, v?)?;
-    if t.dtype != DType::F32 {
-        return None;
-    }
-    Some((t.dims.clone(), t.to_f32_vec()?))
+    fuse::f32_const(g, v?).map(|(data, dims)| (dims, data))
 }
 
 /// Gemm with the plain semantics (no transA, alpha = beta = 1).
@@ -214,12 +208,6 @@ pub fn params(g: &Graph, c: &Chain) -> u64 {
         .iter()
         .filter_map(|&n| g.node(n).input(1).and_then(|v| util::const_tensor(g, v)).and_then(|t| t.numel()))
         .sum()
-}
-
-fn add_f32(g: &mut Graph, base: &str, dims: Vec<i64>, data: &[f32]) -> Option<ValueId> {
-    let name = g.fresh_name(base);
-    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    g.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::F32, dims, bytes.into())).ok()
 }
 
 /// Merges `c` in `g`: the activation is removed and the two layers become one. Returns false

@@ -151,10 +151,7 @@ fn sample(total: usize, n: usize) -> Vec<usize> {
 }
 
 fn add_f32(g: &mut Graph, base: &str, dims: Vec<i64>, data: &[f32]) -> Result<ValueId, String> {
-    let name = g.fresh_name(base);
-    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    g.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::F32, dims, bytes.into()))
-        .map_err(|e| e.to_string())
+    crate::fuse::add_f32(g, base, dims, data).ok_or_else(|| format!("cannot add the initializer '{base}'"))
 }
 
 fn refit_matmul(

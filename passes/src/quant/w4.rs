@@ -1151,6 +1151,7 @@ fn to_nbits(
 mod tests {
     use super::*;
     use crate::quant::Rng;
+    use crate::test_support::f32_value;
     use crate::{PassManager, PassRegistry};
     use optc_eval::{Evaluator, Value};
     use optc_ir::builder::GraphBuilder;
@@ -1159,12 +1160,6 @@ mod tests {
     fn randn(n: usize, seed: u64) -> Vec<f32> {
         let mut r = Rng(seed);
         (0..n).map(|_| r.normal()).collect()
-    }
-
-    fn f32_value(dims: &[i64], data: &[f32]) -> Value {
-        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let t = optc_ir::Tensor::from_raw(None, DType::F32, dims.to_vec(), bytes.into());
-        Value::Tensor(optc_eval::Tensor::from_ir(&t).unwrap())
     }
 
     /// MatMul(x [m, k], W [k, n]) -> y.
