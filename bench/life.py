@@ -232,7 +232,33 @@ def micro_models(seed: int):
             x = g.op("Add" if i % 2 == 0 else "Mul", [x, c])
         return g.model(x, [1, width])
 
+    def add_ln(rows, width, s):
+        # onnxruntime's optimiser turns Add + LayerNormalization into SkipLayerNormalization.
+        g = G(f"micro_addln_{rows}x{width}", s)
+        x = g.input("x", [1, rows, width])
+        r = g.input("r", [1, rows, width])
+        y = g.op("LayerNormalization", [g.op("Add", [x, r]), g.const(np.ones(width, np.float32), "gamma"),
+                                        g.const(np.zeros(width, np.float32), "beta")], axis=-1, epsilon=1e-5)
+        return g.model(y, [1, rows, width])
+
+    def nbits(m, k, n, s):
+        # com.microsoft::MatMulNBits, 4-bit blocks of 128 (what `quant-w4` emits for the cpu target).
+        g = G(f"micro_nbits_{m}x{k}x{n}", s)
+        x = g.input("x", [m, k])
+        bs = 128
+        packed = g.const(g.rng.integers(0, 256, size=(n, k // bs, bs // 2), dtype=np.uint8), "wq")
+        scales = g.const((g.rng.random(n * (k // bs)) * 0.01 + 0.001).astype(np.float32), "ws")
+        y = g.uid("y")
+        g.nodes.append(g.h.make_node("MatMulNBits", [x, packed, scales], [y], name=g.uid("MatMulNBits"),
+                                     domain="com.microsoft", K=k, N=n, bits=4, block_size=bs))
+        g.outputs.append(g.h.make_tensor_value_info(y, g.TP.FLOAT, [m, n]))
+        gr = g.h.make_graph(g.nodes, g.name, g.inputs, g.outputs, g.inits)
+        return g.h.make_model(gr, opset_imports=[g.h.make_opsetid("", OPSET), g.h.make_opsetid("com.microsoft", 1)],
+                              producer_name="optc-bench-life")
+
     return [
+        ("micro_addln_512x768", "skipnorm", lambda: add_ln(512, 768, seed + 107)),
+        ("micro_nbits_256x2048x2048", "nbits", lambda: nbits(256, 2048, 2048, seed + 108)),
         ("micro_matmul_1024", "compute", lambda: matmul(1024, 1024, 1024, False, seed + 101)),
         ("micro_gemm_512x2048x1536", "compute", lambda: matmul(512, 2048, 1536, True, seed + 102)),
         ("micro_add_16M", "memory", lambda: eltwise("add", 16 * 1024 * 1024, seed + 103)),
@@ -462,6 +488,18 @@ def target_fields(toml_text: str) -> dict:
 
 # Relative latency change below which a before/after pair counts as "no change".
 PAIR_NOISE = 0.03
+# The passes whose before/after pairs are checked: (file key, `optc opt -p` pipeline).
+PAIR_PASSES = [("o2", "O2"), ("w8", "quant-w8"), ("w4", "quant-w4")]
+
+
+def op_histogram(path: str) -> dict:
+    import onnx
+    m = onnx.load(path, load_external_data=False)
+    h: dict = {}
+    for n in m.graph.node:
+        k = f"{n.domain}::{n.op_type}" if n.domain else n.op_type
+        h[k] = h.get(k, 0) + 1
+    return h
 
 
 def fit(micro: list[dict], base: dict) -> dict:
@@ -497,11 +535,29 @@ def fit(micro: list[dict], base: dict) -> dict:
     if cache and base.get("cache_mb", 0.0) > 0:
         t = sum(max(1e-9, m["measured_ms"] * 1e-3 - launches(m["nodes"]) * lo) for m in cache)
         cache_bw = sum(sum(n["bytes"] for n in m["nodes"]) for m in cache) / (em * t) / 1e9
+    # The runtime's skip-normalisation kernel: its efficiency relative to the fitted roofline (its activations fit
+    # the cache), the `op_efficiency` factor of the fused Add + LayerNormalization.
+    skip = [m for m in micro if m["kind"] == "skipnorm"]
+    skip_k = None
+    if skip:
+        sbw = cache_bw * 1e9 if cache_bw > 0 else bw
+        roof_t = sum(sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * sbw)) for n in m["nodes"]) for m in skip)
+        t = sum(max(1e-9, m["measured_ms"] * 1e-3 - launches(m["nodes"]) * lo) for m in skip)
+        skip_k = min(10.0, max(1e-3, roof_t / t))
+    # The runtime's 4-bit weight-only matmul against the fitted f32 roofline (compute-bound at this size).
+    nb = [m for m in micro if m["kind"] == "nbits"]
+    nbits_k = None
+    if nb:
+        roof_t = sum(sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * bw)) for n in m["nodes"]) for m in nb)
+        t = sum(max(1e-9, m["measured_ms"] * 1e-3 - launches(m["nodes"]) * lo) for m in nb)
+        nbits_k = min(10.0, max(1e-3, roof_t / t))
     res = {"eff_compute": ec, "eff_memory": em, "launch_overhead_us": lo * 1e6, "cache_bw_gbs": cache_bw,
-           "micro": []}
+           "skipnorm_efficiency": skip_k, "nbits_efficiency": nbits_k, "micro": []}
     for m in micro:
-        mbw = bw if m["kind"] != "cache" or cache_bw <= 0 else cache_bw * 1e9
-        pred = sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * mbw)) for n in m["nodes"]) + launches(m["nodes"]) * lo
+        mbw = bw if m["kind"] not in ("cache", "skipnorm") or cache_bw <= 0 else cache_bw * 1e9
+        k = {"skipnorm": skip_k, "nbits": nbits_k}.get(m["kind"]) or 1.0
+        pred = (sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * mbw)) for n in m["nodes"]) / k
+                + launches(m["nodes"]) * lo)
         res["micro"].append({"model": m["model"], "kind": m["kind"], "measured_ms": m["measured_ms"],
                              "fitted_ms": pred * 1e3, "launches": launches(m["nodes"]),
                              "ops": sum(n["ops"] for n in m["nodes"]), "bytes": sum(n["bytes"] for n in m["nodes"]),
@@ -522,6 +578,18 @@ def write_target(base_text: str, fitres: dict, path: str, machine: str) -> None:
                count=1, flags=re.M)
     if fitres.get("cache_bw_gbs"):
         t = re.sub(r'^cache_bw_gbs\s*=.*$', f"cache_bw_gbs = {fitres['cache_bw_gbs']:.1f}", t, count=1, flags=re.M)
+    if fitres.get("skipnorm_efficiency"):
+        k = fitres["skipnorm_efficiency"]
+        for key in ('"com.microsoft::SkipLayerNormalization"', '"Fused[Add+LayerNormalization]"'):
+            t = re.sub(rf'^{re.escape(key)}\s*=.*$', f"{key} = {k:.4f}", t, count=1, flags=re.M)
+    if fitres.get("nbits_efficiency"):
+        line = f'"com.microsoft::MatMulNBits" = {fitres["nbits_efficiency"]:.4f}'
+        if re.search(r'^"com.microsoft::MatMulNBits"\s*=', t, flags=re.M):
+            t = re.sub(r'^"com.microsoft::MatMulNBits"\s*=.*$', line, t, count=1, flags=re.M)
+        elif re.search(r'^\[op_efficiency\]\s*$', t, flags=re.M):
+            t = re.sub(r'^\[op_efficiency\]\s*$', "[op_efficiency]\n" + line, t, count=1, flags=re.M)
+        else:
+            t += "\n[op_efficiency]\n" + line + "\n"
     head = ["# Generated by bench/life.py: the built-in `cpu` target (`optc targets --show cpu`) with its TOPS and",
             "# bandwidth kept and eff_compute, eff_memory, launch_overhead_us, cache_bw_gbs fitted to micro-benchmarks run with",
             f"# onnxruntime CPU EP, 1 intra-op / 1 inter-op thread, ORT_ENABLE_ALL, on: {machine}.",
@@ -638,18 +706,23 @@ def run(a) -> dict:
                 row["optc_model"] = p
             row["_feeds"] = feeds
             timers.append((row, Timer(p, feeds), ""))
-            # The same model after `optc opt -p O2`, timed alongside, for the before/after pairs.
-            o2 = os.path.join(mdir, stem + ".o2.onnx")
-            ro = subprocess.run([a.optc, "opt", row["optc_model"], "-p", "O2", "-o", o2, "-q"], capture_output=True,
-                                text=True, timeout=600)
-            if ro.returncode == 0:
-                row["nodes"] = len(onnx.load(row["optc_model"], load_external_data=False).graph.node)
-                row["nodes_o2"] = len(onnx.load(o2, load_external_data=False).graph.node)
-                # A pass that changed nothing makes no before/after pair.
-                if row["nodes_o2"] != row["nodes"]:
-                    timers.append((row, Timer(o2, feeds), "_o2"))
-            else:
-                row["o2_error"] = f"optc opt -p O2 exited {ro.returncode}: {ro.stderr.strip()[-200:]}"
+            # The same model after each pass of PAIR_PASSES, timed alongside, for the before/after pairs.
+            row["nodes"] = len(onnx.load(row["optc_model"], load_external_data=False).graph.node)
+            hist0 = op_histogram(row["optc_model"])
+            for key, pipeline in PAIR_PASSES:
+                out = os.path.join(mdir, f"{stem}.{key}.onnx")
+                ro = subprocess.run([a.optc, "opt", row["optc_model"], "-p", pipeline, "-o", out, "-q"],
+                                    capture_output=True, text=True, timeout=600)
+                if ro.returncode != 0:
+                    row[f"{key}_error"] = (f"optc opt -p {pipeline} exited {ro.returncode}: "
+                                           f"{ro.stderr.strip()[-200:]}")
+                    continue
+                row[f"nodes_{key}"] = len(onnx.load(out, load_external_data=False).graph.node)
+                # A pass that changed no op makes no before/after pair.
+                if op_histogram(out) != hist0:
+                    timers.append((row, Timer(out, feeds), f"_{key}"))
+                else:
+                    row[f"{key}_unchanged"] = True
         except Exception as e:  # noqa: BLE001
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             log(f"{stem}: {row['error']}")
@@ -701,13 +774,12 @@ def run(a) -> dict:
                 row["ort_profile"] = ort_profile(p, feeds, os.path.join(a.out_dir, "prof_" + stem))
             except Exception as e:  # noqa: BLE001
                 row["ort_profile_error"] = f"{type(e).__name__}: {e}"
-            o2 = os.path.join(mdir, stem + ".o2.onnx")
-            if row.get("o2_error") or not os.path.exists(o2):
-                o2 = None
             variants = [("calibrated", row["optc_model"], tpath), ("builtin", row["optc_model"], "cpu"),
                         ("calibrated_orig", p, tpath)]
-            if o2:
-                variants.append(("calibrated_o2", o2, tpath))
+            for key, _ in PAIR_PASSES:
+                out = os.path.join(mdir, f"{stem}.{key}.onnx")
+                if f"measured_{key}_ms" in row or (key == "o2" and os.path.exists(out) and not row.get("o2_error")):
+                    variants.append((f"calibrated_{key}", out, tpath))
             for key, mp, tgt in variants:
                 try:
                     c = optc_cost(a.optc, mp, tgt, dims)
@@ -728,20 +800,22 @@ def run(a) -> dict:
         row.pop("_feeds", None)
     rows = [r for r in res["models"] if not r.get("error")]
     res["stats"] = {k: stats(rows, k) for k in ("calibrated", "builtin", "calibrated_orig", "calibrated_o2")}
-    # Before/after pairs: does LIFE predict the direction of O2's effect on the measured latency?
+    # Before/after pairs: does LIFE predict the direction of each pass's effect on the measured latency?
     # A change within +-NOISE of the original counts as "no change" on both sides.
     pairs = []
-    for r in rows:
-        m1, m2 = r.get("measured_ms"), r.get("measured_o2_ms")
-        p1, p2 = (r.get("calibrated") or {}).get("ms"), (r.get("calibrated_o2") or {}).get("ms")
-        if None in (m1, m2, p1, p2) or not m1 or not p1:
-            continue
-        dm, dp = (m2 - m1) / m1, (p2 - p1) / p1
+    for key, pipeline in PAIR_PASSES:
+        for r in rows:
+            m1, m2 = r.get("measured_ms"), r.get(f"measured_{key}_ms")
+            p1, p2 = (r.get("calibrated") or {}).get("ms"), (r.get(f"calibrated_{key}") or {}).get("ms")
+            if None in (m1, m2, p1, p2) or not m1 or not p1:
+                continue
+            dm, dp = (m2 - m1) / m1, (p2 - p1) / p1
 
-        def direction(d):
-            return 0 if abs(d) < PAIR_NOISE else (1 if d > 0 else -1)
-        pairs.append({"model": r["model"], "measured_change": dm, "predicted_change": dp,
-                      "right": direction(dm) == direction(dp)})
+            def direction(d):
+                return 0 if abs(d) < PAIR_NOISE else (1 if d > 0 else -1)
+            pairs.append({"model": r["model"], "pass": pipeline, "key": key, "nodes": r.get("nodes"),
+                          "nodes_after": r.get(f"nodes_{key}"), "measured_change": dm, "predicted_change": dp,
+                          "right": direction(dm) == direction(dp)})
     res["pairs"] = pairs
     fams = sorted({r["family"] for r in rows})
     res["stats_by_family"] = {f: stats([r for r in rows if r["family"] == f], "calibrated") for f in fams}
@@ -829,7 +903,13 @@ def report_lines(res: dict, out_rel: str, cmd: str | None = None) -> list[str]:
           f"**eff_memory = {fr['eff_memory']:.4f}** (built-in {base.get('eff_memory')}), "
           f"**launch_overhead_us = {fr['launch_overhead_us']:.2f}** (built-in {base.get('launch_overhead_us')}). "
           "Overhead from the chain, then eff_memory from the elementwise ops, eff_compute from the "
-          f"MatMul/Gemm, iterated to a fixed point. Target file: `{out_rel}/cpu-calibrated.toml`.")
+          "MatMul/Gemm, iterated to a fixed point"
+          + (f"; `op_efficiency` of the runtime's MatMulNBits (4-bit, block 128) = **{fr['nbits_efficiency']:.3f}** "
+             f"of the f32 roofline" if fr.get("nbits_efficiency") else "")
+          + (f"; `op_efficiency` of the runtime's skip-normalisation kernel (Add + LayerNormalization, which "
+             f"onnxruntime fuses into SkipLayerNormalization) = **{fr['skipnorm_efficiency']:.3f}** of that roofline"
+             if fr.get("skipnorm_efficiency") else "")
+          + f". Target file: `{out_rel}/cpu-calibrated.toml`.")
         w("")
     rows = [r for r in res.get("models", [])]
     w("### Per model")
@@ -891,22 +971,27 @@ def report_lines(res: dict, out_rel: str, cmd: str | None = None) -> list[str]:
     pairs = res.get("pairs") or []
     if pairs:
         right = sum(1 for p in pairs if p["right"])
-        w("### Before/after pairs: `optc opt -p O2`")
+        w("### Before/after pairs: `optc opt -p O2`, `-p quant-w8`, `-p quant-w4`")
         w("")
-        w(f"Each model that `O2` changes (node count differs) and its `O2` output, both timed with onnxruntime as above (interleaved) and predicted with the "
-          f"calibrated target. A change smaller than {PAIR_NOISE:.0%} counts as \"no change\" on either side; the "
-          f"direction is right when measured and predicted agree (faster / no change / slower). onnxruntime at "
-          f"ORT_ENABLE_ALL already folds BatchNorm and fuses activations itself, so several pairs show no measured "
-          f"change.")
+        w(f"Each model that a pass changes (its op histogram differs) and the pass's output, both timed with "
+          f"onnxruntime as above (interleaved) and predicted with the calibrated target. A change smaller than "
+          f"{PAIR_NOISE:.0%} counts as \"no change\" on either side; the direction is right when measured and "
+          f"predicted agree (faster / no change / slower). The calibrated target models what onnxruntime's own graph "
+          f"optimiser does at ORT_ENABLE_ALL (`fused_activations`, `fused_epilogues`, `fused_composites`, constant "
+          f"folding of shape arithmetic, `op_efficiency`), so a pass that only does what onnxruntime does anyway "
+          f"is predicted as no change.")
         w("")
-        w("| model | nodes before → after | measured change | predicted change | direction right |")
-        w("|---|---|---:|---:|---|")
-        by_name = {r["model"]: r for r in rows}
+        w("| model | pass | nodes before → after | measured change | predicted change | direction right |")
+        w("|---|---|---|---:|---:|---|")
         for p in pairs:
-            r = by_name.get(p["model"], {})
-            w(f"| {p['model']} | {r.get('nodes')} → {r.get('nodes_o2')} | {p['measured_change']:+.1%} | "
-              f"{p['predicted_change']:+.1%} | "
+            w(f"| {p['model']} | `{p.get('pass', 'O2')}` | {p.get('nodes')} → {p.get('nodes_after')} | "
+              f"{p['measured_change']:+.1%} | {p['predicted_change']:+.1%} | "
               f"{'yes' if p['right'] else '**no**'} |")
+        w("")
+        for key, pipeline in PAIR_PASSES:
+            sub = [p for p in pairs if p.get("key", "o2") == key]
+            if sub:
+                w(f"- `{pipeline}`: {sum(p['right'] for p in sub)} of {len(sub)} right")
         w("")
         w(f"**Direction right in {right} of {len(pairs)} pairs ({right / len(pairs):.0%}; bar >= 90 %: "
           f"{'met' if right >= 0.9 * len(pairs) else '**not met**'}).**")
@@ -954,7 +1039,7 @@ def main() -> int:
     ap.add_argument("--out-dir", default=os.path.join(HERE, "out", "life"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget-s", type=float, default=1.0, help="timed runs per model: about this many seconds")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="interleaved timing rounds over all models (each gets budget / rounds per round)")
     ap.add_argument("--report", default=None, help="also write a standalone markdown report here")
     a = ap.parse_args()

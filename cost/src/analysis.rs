@@ -34,6 +34,9 @@ pub enum Flag {
     FoldedIntoConsumer,
     /// The row stands for several nodes fused into one kernel ([`Analysis::fuse`]).
     Fused,
+    /// The outputs are known before the run (shape arithmetic on static shapes, or every input a
+    /// constant): the runtime folds the node at load, so it costs nothing per run.
+    ConstantFolded,
 }
 
 /// Activation traffic of a node through one value.
@@ -189,6 +192,191 @@ impl Analysis {
                 taken.insert(i);
                 taken.insert(*j);
                 groups.push(vec![i, *j]);
+            }
+        }
+        groups
+    }
+
+    /// The kernels a runtime forms by itself when it loads the graph, as groups of node indices
+    /// for [`Analysis::fuse`] (disjoint, each of two or more nodes):
+    ///
+    /// - `activations`: a Conv/ConvTranspose/Gemm/MatMul whose output is read only by an
+    ///   elementwise activation (Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, HardSwish, Tanh);
+    /// - `epilogues`: a Conv/ConvTranspose followed by `BatchNormalization`, or a Gemm/MatMul
+    ///   followed by the `Add` of a constant bias, each the only reader of the value before it;
+    ///   the runtime folds them into the producer (onnxruntime's ConvBNFusion, MatMulAddFusion).
+    ///   Other constant Add/Mul after a Conv are left alone: whether a runtime folds them depends
+    ///   on operand order and shapes (onnxruntime 1.32 folds `Mul(conv, c)` but not `Mul(c, conv)`);
+    /// - `composites`: a normalisation or GELU written out as elementwise ops and `ReduceMean`
+    ///   (LayerNorm, RMSNorm, erf and tanh GELU): the region that a value read by two or more
+    ///   nodes reaches through elementwise ops whose other inputs are constants or values of the
+    ///   region, not past a value read twice (which starts the next composite; LayerNorm's
+    ///   centred `x - mean(x)` excepted), when it holds a `ReduceMean`, `Erf` or `Tanh` and at
+    ///   least four nodes. An `Add` of two activations that produces the region's input and is
+    ///   read only by it joins it (the residual of a SkipLayerNormalization), as it joins a
+    ///   `LayerNormalization` (or simplified / RMS normalisation) op that is its only reader.
+    ///
+    /// A value that leaves the graph always ends a chain (it is written either way).
+    pub fn runtime_groups(&self, activations: bool, epilogues: bool, composites: bool) -> Vec<Vec<usize>> {
+        const PRODUCERS: &[&str] = &[
+            "Conv",
+            "ConvTranspose",
+            "Gemm",
+            "MatMul",
+            "com.microsoft::FusedConv",
+            "com.microsoft::FusedMatMul",
+            "com.microsoft::FusedGemm",
+        ];
+        const ACTS: &[&str] = &["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"];
+        const ELEM: &[&str] = &[
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Pow",
+            "Sqrt",
+            "Reciprocal",
+            "Erf",
+            "Tanh",
+            "ReduceMean",
+            "Neg",
+            "Exp",
+            "Sigmoid",
+            "Cast",
+        ];
+        const SEEDS: &[&str] = &["ReduceMean", "Erf", "Tanh"];
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for t in &n.inputs {
+                let r = readers.entry(t.value.as_str()).or_default();
+                if !r.contains(&i) {
+                    r.push(i);
+                }
+            }
+            for t in &n.outputs {
+                producer.insert(t.value.as_str(), i);
+            }
+        }
+        let outputs: HashSet<&str> = self.graph_outputs.iter().map(String::as_str).collect();
+        // The only reader of node i's single output, when there is exactly one and the output
+        // stays inside the graph.
+        let sole_reader = |i: usize| -> Option<usize> {
+            let n = &self.nodes[i];
+            if n.outputs.len() != 1 || outputs.contains(n.outputs[0].value.as_str()) {
+                return None;
+            }
+            match readers.get(n.outputs[0].value.as_str()).map(Vec::as_slice) {
+                Some([j]) => Some(*j),
+                _ => None,
+            }
+        };
+        let mut taken: HashSet<usize> = HashSet::new();
+        let mut groups = Vec::new();
+        if activations || epilogues {
+            for i in 0..self.nodes.len() {
+                if !PRODUCERS.contains(&self.nodes[i].op.as_str()) || taken.contains(&i) {
+                    continue;
+                }
+                let mut grp = vec![i];
+                let mut last = i;
+                if epilogues {
+                    while let Some(j) = sole_reader(last) {
+                        let r = &self.nodes[j];
+                        // One activation input (the chain), the other operands constants.
+                        let conv = self.nodes[i].op.contains("Conv");
+                        let fits = if conv { r.op == "BatchNormalization" } else { r.op == "Add" };
+                        if fits && r.inputs.len() == 1 && r.weight_bytes > 0.0 && !taken.contains(&j) {
+                            grp.push(j);
+                            last = j;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                if activations
+                    && let Some(j) = sole_reader(last)
+                    && ACTS.contains(&self.nodes[j].op.as_str())
+                    && !taken.contains(&j)
+                {
+                    grp.push(j);
+                }
+                if grp.len() > 1 {
+                    taken.extend(grp.iter().copied());
+                    groups.push(grp);
+                }
+            }
+        }
+        if composites {
+            let mut roots: Vec<&str> =
+                readers.iter().filter(|(_, r)| r.len() >= 2).map(|(v, _)| *v).collect::<Vec<_>>();
+            // Deterministic, in graph order of the roots' first readers.
+            roots.sort_by_key(|v| (readers[v].iter().min().copied(), v.to_string()));
+            for root in roots {
+                let mut region: BTreeSet<usize> = BTreeSet::new();
+                let mut avail: HashSet<&str> = HashSet::from([root]);
+                let mut frontier: Vec<&str> = vec![root];
+                while let Some(v) = frontier.pop() {
+                    for &j in readers.get(v).map(Vec::as_slice).unwrap_or(&[]) {
+                        let n = &self.nodes[j];
+                        if region.contains(&j)
+                            || taken.contains(&j)
+                            || !ELEM.contains(&n.op.as_str())
+                            || !n.inputs.iter().all(|t| avail.contains(t.value.as_str()))
+                        {
+                            continue;
+                        }
+                        region.insert(j);
+                        for t in &n.outputs {
+                            let v = t.value.as_str();
+                            // A value read twice ends the region (the next composite starts
+                            // there: LayerNorm then GELU are two kernels), except LayerNorm's
+                            // centred input `x - mean(x)`, read by the variance and the division.
+                            let centred = n.op == "Sub"
+                                && n.inputs.iter().any(|i| {
+                                    producer.get(i.value.as_str()).is_some_and(|&p| self.nodes[p].op == "ReduceMean")
+                                });
+                            let fan_out = readers.get(v).map_or(0, Vec::len);
+                            if avail.insert(v) && (fan_out < 2 || centred) {
+                                frontier.push(v);
+                            }
+                        }
+                    }
+                }
+                if region.len() < 4 || !region.iter().any(|&j| SEEDS.contains(&self.nodes[j].op.as_str())) {
+                    continue;
+                }
+                if let Some(&h) = producer.get(root)
+                    && self.nodes[h].op == "Add"
+                    && self.nodes[h].inputs.len() == 2
+                    && !taken.contains(&h)
+                    && !outputs.contains(root)
+                    && readers[root].iter().all(|j| region.contains(j))
+                {
+                    region.insert(h);
+                }
+                taken.extend(region.iter().copied());
+                groups.push(region.into_iter().collect());
+            }
+        }
+        if composites {
+            // A residual Add read only by a normalisation op: one skip-normalisation kernel.
+            const NORMS: &[&str] = &["LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"];
+            for (j, n) in self.nodes.iter().enumerate() {
+                let bare = n.op.rsplit("::").next().unwrap_or(&n.op);
+                if !NORMS.contains(&bare) || taken.contains(&j) {
+                    continue;
+                }
+                let Some(x) = n.inputs.first() else { continue };
+                if let Some(&h) = producer.get(x.value.as_str())
+                    && self.nodes[h].op == "Add"
+                    && self.nodes[h].inputs.len() == 2
+                    && !taken.contains(&h)
+                    && sole_reader(h) == Some(j)
+                {
+                    taken.extend([h, j]);
+                    groups.push(vec![h, j]);
+                }
             }
         }
         groups
@@ -486,7 +674,23 @@ impl<'a> Scope<'a> {
         let noop_cast = matches!(node.op, Op::Cast | Op::CastLike)
             && first_dtype(&ins).is_some()
             && first_dtype(&ins) == first_dtype(&outs);
-        let free = folded || noop_cast || matches!(kind, Kind::Free | Kind::Control);
+        // Outputs known before the run (shape arithmetic on static shapes, or every input a
+        // constant): the runtime's constant folding computes them once, at load.
+        let const_folded = !folded
+            && !matches!(kind, Kind::Free | Kind::Control)
+            && node.subgraphs().next().is_none()
+            && !node.outputs().is_empty()
+            && (node
+                .outputs()
+                .iter()
+                .all(|v| v.is_some_and(|v| self.facts.values.get(&v).is_some_and(|t| t.known().is_some())))
+                || (!node.inputs().is_empty()
+                    && node.inputs().iter().flatten().all(|&v| self.const_tensor(v).is_some())
+                    && !matches!(node.op, Op::DequantizeLinear | Op::QuantizeLinear)));
+        if const_folded {
+            flags.insert(Flag::ConstantFolded);
+        }
+        let free = folded || noop_cast || const_folded || matches!(kind, Kind::Free | Kind::Control);
 
         // Fill unknown activation sizes from the node's known ones.
         let known_max = ins
@@ -517,7 +721,12 @@ impl<'a> Scope<'a> {
             Kind::MatMul { integer: true, .. } | Kind::Conv { integer: true, .. } => {
                 act_dtype.filter(|d| d.is_int()).map(Precision::of_dtype).unwrap_or(Precision::Int8)
             }
-            Kind::MatMul { .. } | Kind::Conv { .. } | Kind::ConvTranspose | Kind::Attention(_) | Kind::MatMulNBits => {
+            Kind::MatMul { .. }
+            | Kind::Gemm
+            | Kind::Conv { .. }
+            | Kind::ConvTranspose
+            | Kind::Attention(_)
+            | Kind::MatMulNBits => {
                 let a = ins.first().and_then(|o| o.as_ref());
                 match a.and_then(|a| a.dq_from) {
                     Some(q) if q.is_int() => Precision::of_dtype(q),

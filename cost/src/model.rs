@@ -65,6 +65,14 @@ impl Target {
         }
     }
 
+    /// The factor `op_efficiency` sets for `op` (`com.microsoft::SkipLayerNormalization`, the
+    /// bare op type, or a fused row's printed form such as `Fused[Add+LayerNormalization]`), 1
+    /// when none is set.
+    pub fn op_efficiency_of(&self, op: &str) -> f64 {
+        let bare = if op.starts_with("Fused[") { op } else { op.rsplit("::").next().unwrap_or(op) };
+        self.op_efficiency.get(op).or_else(|| self.op_efficiency.get(bare)).copied().filter(|k| *k > 0.0).unwrap_or(1.0)
+    }
+
     fn runs_fused(&self, cost: &NodeCost) -> bool {
         let inner = cost.op.trim_start_matches("Fused[").trim_end_matches(']');
         self.runs_precision(cost.precision) && inner.split('+').all(|op| self.runs_op(op))
@@ -93,7 +101,9 @@ impl Target {
         let memory_s = cost.weight_bytes / figs.bytes_per_s().max(f64::MIN_POSITIVE)
             + act / figs.act_bytes_per_s(act).max(f64::MIN_POSITIVE);
         let p = if native { self.compute_precision(cost) } else { cost.precision };
-        let mut t = roofline_with_memory(&figs, cost.ops, memory_s, p);
+        // A kernel the runtime implements below (or above) the device's usual efficiency.
+        let k = if native { self.op_efficiency_of(&cost.op) } else { 1.0 };
+        let mut t = roofline_with_memory(&figs, cost.ops / k, memory_s / k, p);
         t.fallback = !native && self.fallback.is_some();
         t
     }
@@ -272,8 +282,8 @@ pub fn report(analysis: &Analysis, target: &Target) -> Report {
 /// Analyses `graph` (symbolic dims bound from `dims`) and costs it on `target`.
 pub fn estimate(graph: &Graph, opset: i64, target: &Target, dims: &HashMap<String, i64>) -> Report {
     let analysis = analyze(graph, opset, dims);
-    if target.fused_activations {
-        let groups = analysis.activation_groups();
+    if target.fused_activations || target.fused_epilogues || target.fused_composites {
+        let groups = analysis.runtime_groups(target.fused_activations, target.fused_epilogues, target.fused_composites);
         if let Ok(fused) = analysis.fuse(&groups) {
             return report(&fused, target);
         }

@@ -52,6 +52,22 @@ pub struct Target {
     /// activation costs no launch and no memory traffic of its own.
     #[serde(default)]
     pub fused_activations: bool,
+    /// Whether the runtime folds a `BatchNormalization` that directly follows a Conv, and the
+    /// constant bias `Add` that directly follows a Gemm/MatMul, into that kernel: no launch and no
+    /// traffic of their own. See [`crate::Analysis::runtime_groups`].
+    #[serde(default)]
+    pub fused_epilogues: bool,
+    /// Whether the runtime runs a normalisation or GELU written out as elementwise ops and
+    /// `ReduceMean` (LayerNorm, RMSNorm, erf/tanh GELU, with a residual Add before a norm) as one
+    /// kernel. See [`crate::Analysis::runtime_groups`].
+    #[serde(default)]
+    pub fused_composites: bool,
+    /// Per-op factor on `eff_compute` and `eff_memory` for kernels the runtime implements far
+    /// from the device's usual efficiency (keys as in `native_ops`; 1 = as the rest). Measured:
+    /// onnxruntime 1.32's one-thread CPU `SkipLayerNormalization` runs at about 0.15 of
+    /// `Add` + `LayerNormalization`.
+    #[serde(default)]
+    pub op_efficiency: BTreeMap<String, f64>,
     /// Op types the device runs natively (`MatMul`, `com.microsoft::MatMulNBits`, or a bare
     /// contrib op type), or `["*"]` for every op.
     #[serde(default = "all_ops")]
@@ -216,6 +232,9 @@ impl Target {
                 cache_mb: 0.0,
                 cache_bw_gbs: 0.0,
                 fused_activations: false,
+                fused_epilogues: false,
+                fused_composites: false,
+                op_efficiency: BTreeMap::new(),
                 native_ops: all_ops(),
                 native_dtypes: Vec::new(),
                 fallback: None,
@@ -300,6 +319,11 @@ impl Target {
         for d in &self.native_dtypes {
             if Precision::from_name(d).is_none() {
                 return Err(bad("native_dtypes", format!("unknown precision '{d}'; known: {}", Precision::names())));
+            }
+        }
+        for (op, k) in &self.op_efficiency {
+            if !(k.is_finite() && *k > 0.0 && *k <= 10.0) {
+                return Err(bad("op_efficiency", format!("'{op}': factor must be in (0, 10], got {k}")));
             }
         }
         if self.native_ops.is_empty() {

@@ -287,3 +287,135 @@ fn bound_dims_flow_through_strided_convs() {
     assert!(!conv.flags.contains(&Flag::ShapeEstimated), "{:?}", conv.flags);
     assert!(a.unbound_dims.is_empty(), "{:?}", a.unbound_dims);
 }
+
+/// x[1, s, h] -> MatMul + bias Add -> Add(residual x) -> LayerNorm written out (ReduceMean, Sub,
+/// Pow, ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta) -> GELU written out (Div, Erf, Add,
+/// Mul, Mul).
+fn decomposed_block(s: i64, h: i64) -> Graph {
+    let mut b = GraphBuilder::new("block");
+    let x = b.input("x", DType::F32, vec![Dim::known(1), Dim::known(s), Dim::known(h)]).unwrap();
+    let w = b.init_f32("w", &[h, h], &vec![0.01; (h * h) as usize]).unwrap();
+    let bias = b.init_f32("bias", &[h], &vec![0.0; h as usize]).unwrap();
+    let mm = b.op(Op::MatMul, &[x, w], vec![]).unwrap();
+    let mb = b.op(Op::Add, &[mm, bias], vec![]).unwrap();
+    let r = b.op(Op::Add, &[mb, x], vec![]).unwrap();
+    let axes = b.init_i64("axes", &[1], &[-1]).unwrap();
+    let mean = b.op(Op::ReduceMean, &[r, axes], vec![]).unwrap();
+    let d = b.op(Op::Sub, &[r, mean], vec![]).unwrap();
+    let two = b.init_f32("two", &[], &[2.0]).unwrap();
+    let sq = b.op(Op::Pow, &[d, two], vec![]).unwrap();
+    let var = b.op(Op::ReduceMean, &[sq, axes], vec![]).unwrap();
+    let eps = b.init_f32("eps", &[], &[1e-5]).unwrap();
+    let ve = b.op(Op::Add, &[var, eps], vec![]).unwrap();
+    let sd = b.op(Op::Sqrt, &[ve], vec![]).unwrap();
+    let nrm = b.op(Op::Div, &[d, sd], vec![]).unwrap();
+    let gamma = b.init_f32("gamma", &[h], &vec![1.0; h as usize]).unwrap();
+    let beta = b.init_f32("beta", &[h], &vec![0.0; h as usize]).unwrap();
+    let sc = b.op(Op::Mul, &[nrm, gamma], vec![]).unwrap();
+    let ln = b.op(Op::Add, &[sc, beta], vec![]).unwrap();
+    let rt2 = b.init_f32("rt2", &[], &[std::f32::consts::SQRT_2]).unwrap();
+    let one = b.init_f32("one", &[], &[1.0]).unwrap();
+    let half = b.init_f32("half", &[], &[0.5]).unwrap();
+    let g1 = b.op(Op::Div, &[ln, rt2], vec![]).unwrap();
+    let g2 = b.op(Op::Erf, &[g1], vec![]).unwrap();
+    let g3 = b.op(Op::Add, &[g2, one], vec![]).unwrap();
+    let g4 = b.op(Op::Mul, &[ln, g3], vec![]).unwrap();
+    let y = b.op(Op::Mul, &[g4, half], vec![]).unwrap();
+    b.output(y, "y", None).unwrap();
+    b.finish()
+}
+
+#[test]
+fn runtime_groups_find_bias_epilogue_skip_norm_and_gelu() {
+    let a = analyze(&decomposed_block(128, 64), 17, &no_dims());
+    let ops = |grp: &Vec<usize>| grp.iter().map(|&i| a.nodes[i].op.clone()).collect::<Vec<_>>();
+    let groups = a.runtime_groups(true, true, true);
+    let named: Vec<Vec<String>> = groups.iter().map(ops).collect();
+    // MatMul + bias Add.
+    assert!(named.contains(&vec!["MatMul".to_string(), "Add".to_string()]), "{named:?}");
+    // The residual Add joins the written-out LayerNorm: 1 + 9 nodes.
+    let ln = named.iter().find(|g| g.iter().filter(|o| *o == "ReduceMean").count() == 2).expect("a norm group");
+    assert_eq!(ln.len(), 10, "{ln:?}");
+    let gelu = named.iter().find(|g| g.contains(&"Erf".to_string())).expect("a GELU group");
+    assert_eq!(gelu.len(), 5, "{gelu:?}");
+    // Disjoint, and nothing when the flags are off.
+    let mut all: Vec<usize> = groups.concat();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n);
+    assert!(a.runtime_groups(false, false, false).is_empty());
+    // The fused graph is cheaper on a target that fuses, and costs as before on one that does not.
+    let mut plain = Target::cpu();
+    plain.fused_activations = false;
+    plain.fused_epilogues = false;
+    plain.fused_composites = false;
+    let before = estimate(&decomposed_block(128, 64), 17, &plain, &no_dims()).totals.time_s;
+    let after = estimate(&decomposed_block(128, 64), 17, &Target::cpu(), &no_dims()).totals.time_s;
+    assert!(after < before * 0.5, "{after} vs {before}");
+}
+
+#[test]
+fn a_residual_read_elsewhere_does_not_join_the_norm() {
+    // Pre-norm: the residual sum also feeds the next block, so the runtime keeps the Add apart.
+    let mut b = GraphBuilder::new("prenorm");
+    let x = b.input("x", DType::F32, vec![Dim::known(1), Dim::known(16), Dim::known(32)]).unwrap();
+    let y0 = b.input("y0", DType::F32, vec![Dim::known(1), Dim::known(16), Dim::known(32)]).unwrap();
+    let r = b.op(Op::Add, &[x, y0], vec![]).unwrap();
+    let gamma = b.init_f32("gamma", &[32], &[1.0; 32]).unwrap();
+    let beta = b.init_f32("beta", &[32], &[0.0; 32]).unwrap();
+    let ln = b.op(Op::LayerNormalization, &[r, gamma, beta], vec![Attribute::int("axis", -1)]).unwrap();
+    let out = b.op(Op::Add, &[ln, r], vec![]).unwrap();
+    b.output(out, "out", None).unwrap();
+    let a = analyze(&b.finish(), 17, &no_dims());
+    assert!(a.runtime_groups(true, true, true).is_empty());
+}
+
+#[test]
+fn shape_arithmetic_on_static_shapes_is_folded() {
+    let mut b = GraphBuilder::new("shape");
+    let x = b.input("x", DType::F32, vec![Dim::known(2), Dim::known(3), Dim::known(4)]).unwrap();
+    let sh = b.op(Op::Shape, &[x], vec![]).unwrap();
+    let idx = b.init_i64("idx", &[1], &[2]).unwrap();
+    let g = b.op(Op::Gather, &[sh, idx], vec![]).unwrap();
+    let m1 = b.init_i64("m1", &[1], &[-1]).unwrap();
+    let c = b.op(Op::Concat, &[m1, g], vec![Attribute::int("axis", 0)]).unwrap();
+    let y = b.op(Op::Reshape, &[x, c], vec![]).unwrap();
+    b.output(y, "y", None).unwrap();
+    let a = analyze(&b.finish(), 17, &no_dims());
+    for n in &a.nodes {
+        if n.op == "Gather" || n.op == "Concat" {
+            assert!(n.free && n.flags.contains(&Flag::ConstantFolded), "{n:?}");
+        }
+    }
+    // With a symbolic dim the shape is not known before the run: the Gather stays.
+    let mut b = GraphBuilder::new("shape_sym");
+    let x = b.input("x", DType::F32, vec![Dim::known(2), Dim::sym("n")]).unwrap();
+    let sh = b.op(Op::Shape, &[x], vec![]).unwrap();
+    let idx = b.init_i64("idx", &[1], &[1]).unwrap();
+    let g = b.op(Op::Gather, &[sh, idx], vec![]).unwrap();
+    let y = b.op(Op::Reshape, &[x, g], vec![]).unwrap();
+    b.output(y, "y", None).unwrap();
+    let a = analyze(&b.finish(), 17, &no_dims());
+    let gather = a.nodes.iter().find(|n| n.op == "Gather").unwrap();
+    assert!(!gather.free, "{gather:?}");
+}
+
+#[test]
+fn op_efficiency_scales_one_op() {
+    let mut b = GraphBuilder::new("ln");
+    let x = b.input("x", DType::F32, vec![Dim::known(1), Dim::known(512), Dim::known(768)]).unwrap();
+    let gamma = b.init_f32("gamma", &[768], &[1.0; 768]).unwrap();
+    let beta = b.init_f32("beta", &[768], &[0.0; 768]).unwrap();
+    let ln = b.op(Op::LayerNormalization, &[x, gamma, beta], vec![Attribute::int("axis", -1)]).unwrap();
+    b.output(ln, "y", None).unwrap();
+    let g = b.finish();
+    let mut t = Target::cpu();
+    t.launch_overhead_us = 0.0;
+    let base = estimate(&g, 17, &t, &no_dims()).totals.time_s;
+    t.op_efficiency.insert("LayerNormalization".into(), 0.25);
+    let slow = estimate(&g, 17, &t, &no_dims()).totals.time_s;
+    assert!((slow / base - 4.0).abs() < 1e-9, "{slow} vs {base}");
+    t.op_efficiency.insert("LayerNormalization".into(), -1.0);
+    assert!(t.validate("t.toml").is_err());
+}

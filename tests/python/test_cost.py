@@ -29,12 +29,31 @@ def test_cost_json_covers_every_node(optc_bin, tmp_path: Path, target):
     assert r.returncode == 0, describe_run(r)
     rep = json.loads(r.stdout)
     assert rep["target"] == target
-    assert len(rep["nodes"]) == len(onnx.load(str(src)).graph.node)
+    # One row per node, or per kernel the runtime forms (`Fused[Conv+BatchNormalization]`).
+    def members(op: str) -> int:
+        return len(op[len("Fused["):-1].split("+")) if op.startswith("Fused[") else 1
+    assert sum(members(n["op"]) for n in rep["nodes"]) == len(onnx.load(str(src)).graph.node)
     assert rep["totals"]["time_s"] > 0 and rep["totals"]["ops"] > 0
-    conv = [n for n in rep["nodes"] if n["op"] == "Conv"][0]
+    conv = [n for n in rep["nodes"] if n["op"] == "Conv" or n["op"].startswith("Fused[Conv+")][0]
     # Conv 8x3x3x3 on a 2x3x8x8 input, no padding: 2*8*6*6 outputs, 27 MACs (2 ops) each,
-    # plus one add per output for the bias.
+    # plus one add per output for the bias (and the folded BatchNorm's work in a fused row).
     outputs = 2 * 8 * 6 * 6
+    if conv["op"] == "Conv":
+        assert conv["ops"] == pytest.approx(outputs * 27 * 2 + outputs)
+    else:
+        assert conv["ops"] >= outputs * 27 * 2 + outputs
+    # Without the runtime's fusions (analysis as written: `cost --json` of a target that fuses
+    # nothing) every node has its own row and the Conv's figure is exact.
+    plain = tmp_path / "plain.toml"
+    text = run_optc(optc_bin, ["targets", "--show", target]).stdout
+    for k in ("fused_activations", "fused_epilogues", "fused_composites"):
+        text = text.replace(f"{k} = true", f"{k} = false")
+    plain.write_text(text)
+    r = run_optc(optc_bin, ["cost", src, "--target", plain, "--json"])
+    assert r.returncode == 0, describe_run(r)
+    rep = json.loads(r.stdout)
+    assert len(rep["nodes"]) == len(onnx.load(str(src)).graph.node)
+    conv = [n for n in rep["nodes"] if n["op"] == "Conv"][0]
     assert conv["ops"] == pytest.approx(outputs * 27 * 2 + outputs)
 
 

@@ -321,6 +321,25 @@ fn match_rms(g: &Graph, m: NodeId, facts: &Facts, cx: &mut PassContext) -> Optio
     Some(Norm { kind: Kind::Rms, x, k, eps, gamma, beta: None, last, readers_of_x: vec![sq, q], inner_axis: None })
 }
 
+/// Whether the target runs the Skip form of a normalisation over `numel` f32 elements at least
+/// as fast as the `Add` and the normalisation apart (LIFE's roofline with the target's
+/// `op_efficiency`: onnxruntime's CPU SkipLayerNormalization is several times slower than the two
+/// ops it replaces). `sum_out`: the residual sum is also written for other readers.
+fn skip_pays(t: &optc_cost::Target, kind: Kind, numel: f64, sum_out: bool) -> bool {
+    let (skip_op, norm_op) = match kind {
+        Kind::Layer => ("com.microsoft::SkipLayerNormalization", "LayerNormalization"),
+        Kind::Rms => ("com.microsoft::SkipSimplifiedLayerNormalization", "RMSNormalization"),
+    };
+    let p = optc_cost::Precision::F32;
+    let (k_skip, k_norm) = (t.op_efficiency_of(skip_op), t.op_efficiency_of(norm_op));
+    let (add_bytes, norm_bytes) = (12.0 * numel, 8.0 * numel);
+    let skip_bytes = if sum_out { 16.0 * numel } else { 12.0 * numel };
+    let fused = t.op_time(9.0 * numel / k_skip, skip_bytes / k_skip, p, true).time_s;
+    let apart = t.op_time(numel, add_bytes, p, true).time_s
+        + t.op_time(8.0 * numel / k_norm, norm_bytes / k_norm, p, true).time_s;
+    fused <= apart
+}
+
 /// An existing `LayerNormalization`/`RMSNormalization` over the last axis, as a candidate for
 /// the Skip form.
 fn existing(g: &Graph, n: NodeId, facts: &Facts) -> Option<Norm> {
@@ -462,6 +481,21 @@ fn emit(g: &mut Graph, m: Norm, env: &mut Env, facts: &Facts, cx: &mut PassConte
     let mut skip = if env.contrib { skip_parts(g, &m, facts) } else { None };
     if skip.is_some() && feeds_quantizer(g, m.x) {
         skip = None;
+    }
+    if let Some((_, _, _, others)) = skip {
+        let numel =
+            facts.shape(m.x).and_then(|s| s.iter().map(|d| d.as_known()).product::<Option<i64>>()).unwrap_or(1 << 16)
+                as f64;
+        if !skip_pays(&cx.target, m.kind, numel, others) {
+            let tname = cx.target.name.clone();
+            cx.note(|| {
+                format!(
+                    "{what} ending at '{name}': residual Add kept apart, LIFE predicts the Skip form slower than \
+                     Add + norm on target '{tname}' (op_efficiency)"
+                )
+            });
+            skip = None;
+        }
     }
     let std_ok = match m.kind {
         Kind::Layer => env.opset >= 17,
