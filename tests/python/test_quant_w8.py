@@ -224,3 +224,82 @@ def test_quant_report_and_exclude_auto(optc_bin, models_dir, tmp_path: Path):
                     and not (n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear")]
     assert sorted(float_weight) == sorted(top), (float_weight, top)
     onnx.checker.check_model(m, full_check=True)
+
+
+def qdq_params(path: Path):
+    """(activation tensor -> (scale, zero point, dtype)) for every QuantizeLinear, and
+    ((consumer, input slot) -> (codes, scale, zero point)) for every DequantizeLinear of an
+    initializer, keyed by the first consumer that is not an Identity."""
+    from onnx import numpy_helper as nh
+    g = onnx.load(str(path)).graph
+    init = {t.name: nh.to_array(t) for t in g.initializer}
+    readers = collections.defaultdict(list)
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            readers[i].append((n, k))
+    acts, consts = {}, {}
+    for n in g.node:
+        if n.op_type == "QuantizeLinear":
+            acts[n.input[0]] = (float(init[n.input[1]]), int(init[n.input[2]]), init[n.input[2]].dtype)
+        elif n.op_type == "DequantizeLinear" and n.input[0] in init:
+            for r, k in readers[n.output[0]]:
+                if r.op_type != "Identity":
+                    consts[(r.name, k)] = (init[n.input[0]], init[n.input[1]], init[n.input[2]])
+    return acts, consts
+
+
+def test_w8_placement_and_parameters_match_quantize_static(models_dir, optc_bin, outdir: Path, tmp_path: Path):
+    """On magika both tools make the same choices: the same activation tensors with the same
+    scale and zero point, the same int8 weights, and the constant inputs of Add/Mul quantised as
+    activations are (per tensor, asymmetric, a zero point), not as symmetric weights."""
+    src = model_path(models_dir, "magika_standard_v3_3.onnx")
+    feeds = make_feeds(src, SAMPLES)
+    calib = write_calib(feeds, tmp_path / "calib")
+    out = outdir / "w8.onnx"
+    optc_w8(optc_bin, src, calib, out)
+    ref = ort_w8(src, feeds, tmp_path / "ort.onnx")
+    (oa, oc), (ra, rc) = qdq_params(out), qdq_params(ref)
+    assert set(oa) == set(ra), (sorted(set(oa) ^ set(ra)))
+    for k, (s, z, dt) in ra.items():
+        assert oa[k][1:] == (z, dt) and abs(oa[k][0] - s) <= 1e-5 * s, (k, oa[k], ra[k])
+    assert set(oc) == set(rc) and len(rc) > 10, sorted(set(oc) ^ set(rc))
+    asym = 0
+    for k, (q, s, z) in rc.items():
+        oq, os_, oz = oc[k]
+        assert oq.dtype == q.dtype and np.array_equal(oq, q), k
+        assert np.allclose(os_, s, rtol=1e-6) and np.array_equal(oz, z), k
+        asym += bool(np.any(z != 0))
+    assert asym > 0, "no constant with a zero point: the Add/Mul constants were quantised symmetrically"
+    # Held-out inputs: at least quantize_static's cosine (the models are the same up to rounding).
+    held_out = make_feeds(src, SAMPLES, seed=1)
+    ours, theirs = mean_cosine(src, out, held_out), mean_cosine(src, ref, held_out)
+    assert ours >= theirs - 1e-6, (ours, theirs)
+
+
+def test_w8_softmax_graph_output_is_quantised(models_dir, optc_bin, outdir: Path, tmp_path: Path):
+    """A Softmax whose output only leaves the graph gets a QDQ pair like quantize_static's: the
+    graph output keeps its name and is the DequantizeLinear's output, with scale 1/255."""
+    src = model_path(models_dir, "ch_PP-OCRv4_rec_infer.onnx")
+    m0 = onnx.load(str(src))
+    prod0 = {o: n for n in m0.graph.node for o in n.output}
+    outs = [o.name for o in m0.graph.output if o.name in prod0 and prod0[o.name].op_type == "Softmax"]
+    assert outs, "the recogniser ends in a Softmax"
+    feeds = make_feeds(src, SAMPLES)
+    calib = write_calib(feeds, tmp_path / "calib")
+    out = outdir / "w8.onnx"
+    optc_w8(optc_bin, src, calib, out)
+    m = onnx.load(str(out))
+    assert [o.name for o in m.graph.output] == [o.name for o in m0.graph.output]
+    prod = {o: n for n in m.graph.node for o in n.output}
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    for name in outs:
+        dq = prod[name]
+        assert dq.op_type == "DequantizeLinear", dq
+        q = prod[dq.input[0]]
+        assert q.op_type == "QuantizeLinear" and prod[q.input[0]].op_type == "Softmax"
+        assert abs(float(init[q.input[1]]) - 1 / 255) < 1e-9 and int(init[q.input[2]]) == -128
+    s = session(out)
+    for f in feeds[:2]:
+        y = s.run(None, f)[0].astype(np.float64)
+        assert y.min() >= 0 and y.max() <= 1 + 1e-6, (y.min(), y.max())
+        assert np.allclose(y * 255, np.round(y * 255), atol=1e-3), "on the 1/255 grid"

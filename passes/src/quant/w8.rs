@@ -10,12 +10,14 @@
 //!
 //! Activations: per-tensor, asymmetric (`act=int8`, quantize_static's default, or `uint8`),
 //! as a `QuantizeLinear -> DequantizeLinear` pair after the producing node; every reader of the
-//! tensor reads the `DequantizeLinear` output (graph outputs stay float). Which tensors:
+//! tensor reads the `DequantizeLinear` output (graph outputs stay float, except a Softmax
+//! output read by nothing else, which quantize_static quantises as well). Which tensors:
 //! - Conv, ConvTranspose, MatMul, Gemm: the activation inputs and the output (a MatMul input
 //!   that is not a constant, as in attention, is an activation too);
 //! - Add, Mul, Concat, Sigmoid, Softmax (output range fixed to `[0, 1]`), GlobalAveragePool,
-//!   LeakyRelu: every float input and output; their float constant inputs become per-tensor
-//!   int8 weights;
+//!   LeakyRelu: every float input and output; their float constant inputs are quantised as
+//!   activations are (per tensor, asymmetric over the constant's min/max, the activation
+//!   type), so an all-positive scale vector uses all 256 codes;
 //! - Relu and Clip (`min <= 0`) after a quantised tensor read by nothing else are removed and
 //!   the tensor takes their output's range (the quantiser's saturation does the clamping, as
 //!   onnxruntime's `QDQRemovableActivation`); otherwise their input takes their output's range;
@@ -234,6 +236,29 @@ pub fn act_params(rmin: f64, rmax: f64, signed: bool, pof2: bool) -> QParams {
     let exact = if pof2 { scale as f64 } else { (rmax - rmin) / (qmax - qmin) };
     let zp = (qmin - rmin / exact).round_ties_even().clamp(qmin, qmax) as i32;
     QParams { scale, zp }
+}
+
+/// A constant quantised the way an activation is (onnxruntime's `quantize_data` with
+/// `symmetric=False`): one scale and zero point over `[min(x, 0), max(x, 0)]`, codes
+/// `round(x / scale) + zp` saturated to the type (int8 or uint8) and returned as bytes;
+/// non-finite values take the zero point.
+pub fn quantize_const_asym(data: &[f32], signed: bool, pof2: bool) -> (Vec<u8>, QParams) {
+    let (mut lo, mut hi) = (0f64, 0f64);
+    for &x in data.iter().filter(|x| x.is_finite()) {
+        lo = lo.min(x as f64);
+        hi = hi.max(x as f64);
+    }
+    let qp = act_params(lo, hi, signed, pof2);
+    let (qmin, qmax) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    let codes = data
+        .iter()
+        .map(|&x| {
+            let c = if x.is_finite() { (x / qp.scale).round_ties_even() + qp.zp as f32 } else { qp.zp as f32 };
+            let c = c.clamp(qmin, qmax) as i32;
+            if signed { c as i8 as u8 } else { c as u8 }
+        })
+        .collect();
+    (codes, qp)
 }
 
 /// Symmetric int8 weight quantisation along `axis` (`None`: one scale): codes in
@@ -531,14 +556,7 @@ impl Observer for RangeObserver {
             count: 0,
             hist: hist.then(|| Hist::new(bins)),
         });
-        let (mut mn, mut mx, mut n) = (f32::INFINITY, f32::NEG_INFINITY, 0u64);
-        for &x in data {
-            if x.is_finite() {
-                mn = mn.min(x);
-                mx = mx.max(x);
-                n += 1;
-            }
-        }
+        let (mn, mx, n) = finite_min_max(data);
         if n == 0 {
             return;
         }
@@ -549,6 +567,73 @@ impl Observer for RangeObserver {
             h.add(data, (mn.abs().max(mx.abs())) as f64);
         }
     }
+}
+
+impl RangeObserver {
+    fn empty_like(&self) -> RangeObserver {
+        RangeObserver {
+            names: self.names.clone(),
+            bins: self.bins,
+            hist: self.hist,
+            stats: HashMap::new(),
+            not_float: HashSet::new(),
+        }
+    }
+
+    /// Adds what `other` saw (min/max only: histograms depend on the order they grew in, so
+    /// runs that keep them are not merged).
+    fn merge(&mut self, other: RangeObserver) {
+        debug_assert!(!self.hist && !other.hist);
+        for (k, o) in other.stats {
+            match self.stats.get_mut(&k) {
+                Some(st) => {
+                    st.min = st.min.min(o.min);
+                    st.max = st.max.max(o.max);
+                    st.count += o.count;
+                }
+                None => {
+                    self.stats.insert(k, o);
+                }
+            }
+        }
+        self.not_float.extend(other.not_float);
+    }
+}
+
+/// Min and max of the finite values of `v` and a count that is 0 when none is finite.
+/// A branch-free pass over 16 lanes first; only a slice holding an infinity takes the slow
+/// path (NaN is ignored by `f32::min`/`max` either way).
+fn finite_min_max(v: &[f32]) -> (f32, f32, u64) {
+    const L: usize = 16;
+    let mut lo = [f32::INFINITY; L];
+    let mut hi = [f32::NEG_INFINITY; L];
+    let chunks = v.chunks_exact(L);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..L {
+            lo[j] = lo[j].min(c[j]);
+            hi[j] = hi[j].max(c[j]);
+        }
+    }
+    let mut mn = lo.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+    let mut mx = hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for &x in rest {
+        mn = mn.min(x);
+        mx = mx.max(x);
+    }
+    if mn.is_finite() && mx.is_finite() {
+        // Every value is finite or NaN; the count is only ever compared with 0.
+        return (mn, mx, v.len() as u64);
+    }
+    let (mut mn, mut mx, mut n) = (f32::INFINITY, f32::NEG_INFINITY, 0u64);
+    for &x in v {
+        if x.is_finite() {
+            mn = mn.min(x);
+            mx = mx.max(x);
+            n += 1;
+        }
+    }
+    (mn, mx, n)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -605,6 +690,9 @@ struct WUse {
     slot: usize,
     w: ValueId,
     axis: Option<usize>,
+    /// A constant input of an Add/Mul/Concat/...: quantised like an activation (per tensor,
+    /// asymmetric over its min/max, the activation type), as onnxruntime quantises it.
+    asym: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -770,7 +858,7 @@ fn plan(g: &Graph, types: &Types, cfg: &Config, cx: &mut PassContext) -> Plan {
                 let axis = axis.filter(|_| cfg.per_channel);
                 match &wt {
                     Some(t) => {
-                        p.weights.push(WUse { node: id, slot: 1, w: wv, axis });
+                        p.weights.push(WUse { node: id, slot: 1, w: wv, axis, asym: false });
                         what.push(match axis {
                             Some(a) => format!("int8 weight per channel ({} along axis {a})", t.dims[a]),
                             None => "int8 weight per tensor".to_string(),
@@ -837,7 +925,7 @@ fn plan(g: &Graph, types: &Types, cfg: &Config, cx: &mut PassContext) -> Plan {
                 let mut consts = 0;
                 for &v in &inputs {
                     if f32_const(g, v).is_some() {
-                        p.weights.push(WUse { node: id, slot: slot_of(node, v), w: v, axis: None });
+                        p.weights.push(WUse { node: id, slot: slot_of(node, v), w: v, axis: None, asym: true });
                         consts += 1;
                     } else if const_tensor(g, v).is_none() && types.maybe_f32(g, v) {
                         p.mark_own(v);
@@ -1170,11 +1258,33 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
                 return Ok(0);
             }
         };
-        for feed in &feeds {
-            if let Err(e) = ev.run_observed(feed, Some(&mut obs)) {
-                cx.note(|| format!("warning: calibration run failed ({e}): nothing quantised"));
-                return Ok(0);
+        // Min/max merge in any order: the runs go in parallel, each with its own observer.
+        // Histograms grow in the order they see values, so those runs stay sequential.
+        let failed = if obs.hist || feeds.len() < 2 {
+            feeds.iter().find_map(|feed| ev.run_observed(feed, Some(&mut obs)).err())
+        } else {
+            use rayon::prelude::*;
+            let parts: Vec<Result<RangeObserver, optc_eval::EvalError>> = feeds
+                .par_iter()
+                .map(|feed| {
+                    let mut o = obs.empty_like();
+                    ev.run_observed(feed, Some(&mut o)).map(|_| o)
+                })
+                .collect();
+            let mut err = None;
+            for p in parts {
+                match p {
+                    Ok(o) => obs.merge(o),
+                    Err(e) => {
+                        err.get_or_insert(e);
+                    }
+                }
             }
+            err
+        };
+        if let Some(e) = failed {
+            cx.note(|| format!("warning: calibration run failed ({e}): nothing quantised"));
+            return Ok(0);
         }
     }
 
@@ -1254,10 +1364,22 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
             continue;
         }
         let readers = g.uses(v);
-        if readers.is_empty() {
+        // A Softmax output that only leaves the graph is quantised too (its range is fixed), as
+        // quantize_static does: the graph output becomes the DequantizeLinear's output.
+        let softmax_out = readers.is_empty()
+            && g.is_graph_output(v)
+            && !g.is_graph_input(v)
+            && g.producer(v).is_some_and(|(p, _)| g.node(p).op == Op::Softmax);
+        if readers.is_empty() && !softmax_out {
             continue;
         }
         let name = g.value(v).name.clone();
+        if softmax_out {
+            let pre = g.fresh_name(&format!("{name}_QuantizeLinear_Input"));
+            if g.rename_value(v, pre).is_err() {
+                continue;
+            }
+        }
         let (sv, zv) = match qinit.get(&r) {
             Some(&p) => p,
             None => {
@@ -1288,6 +1410,21 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
         ) else {
             continue;
         };
+        if softmax_out {
+            let ty = g.value(v).ty.clone();
+            let Ok(out) = g.add_value(name.clone(), ty) else { continue };
+            let spec = NodeSpec::new(Op::DequantizeLinear, vec![Some(qv), Some(sv), Some(zv)], vec![Some(out)])
+                .named(format!("{name}_DequantizeLinear"));
+            let Ok(dn) = g.add_node(spec) else { continue };
+            if let Some(l) = like {
+                g.place_like(dn, l);
+            }
+            for d in g.outputs.iter_mut().filter(|d| d.value == v) {
+                d.value = out;
+            }
+            t.acts += 1;
+            continue;
+        }
         let Some((_, dv)) = add_node(
             g,
             Op::DequantizeLinear,
@@ -1305,14 +1442,14 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
     }
 
     // Weights.
-    let mut wcache: HashMap<(ValueId, Option<usize>), (ValueId, Vec<f32>)> = HashMap::new();
+    let mut wcache: HashMap<(ValueId, Option<usize>, bool), (ValueId, Vec<f32>)> = HashMap::new();
     let mut wscales: Vec<Option<Vec<f32>>> = vec![None; plan.weights.len()];
     let mut originals: Vec<ValueId> = Vec::new();
     for (i, w) in plan.weights.iter().enumerate() {
         if !g.contains_node(w.node) {
             continue;
         }
-        let key = (w.w, w.axis);
+        let key = (w.w, w.axis, w.asym);
         if let std::collections::hash_map::Entry::Vacant(slot) = wcache.entry(key) {
             let Some(tensor) = f32_const(g, w.w) else { continue };
             let Some(data) = tensor.to_f32_vec() else { continue };
@@ -1320,23 +1457,29 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
             if data.len() != dims.iter().product::<usize>() {
                 continue;
             }
-            let (q, scales) = quantize_weight(&data, &dims, w.axis, cfg.pof2);
+            let (qb, scales, zps, qdt) = if w.asym {
+                let (q, qp) = quantize_const_asym(&data, cfg.signed, cfg.pof2);
+                (q, vec![qp.scale], zp_bytes(qp.zp, cfg.signed), act_dt)
+            } else {
+                let (q, scales) = quantize_weight(&data, &dims, w.axis, cfg.pof2);
+                let zps = vec![0u8; scales.len()];
+                (q.iter().map(|&c| c as u8).collect::<Vec<u8>>(), scales, zps, DType::I8)
+            };
             let wname = g.value(w.w).name.clone();
-            if scales.iter().any(|s| !(127.0 * s).is_finite()) {
+            if scales.iter().any(|s| !(255.0 * s).is_finite()) {
                 cx.note(|| {
                     format!("constant '{wname}': its 8-bit codes would dequantise past float32's range: left float")
                 });
                 continue;
             }
             let sdims = if w.axis.is_some() { vec![scales.len() as i64] } else { vec![] };
-            let qb: Vec<u8> = q.iter().map(|&c| c as u8).collect();
             let sb: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
-            let Some(qv) = add_init(g, &format!("{wname}_quantized"), DType::I8, tensor.dims.clone(), qb) else {
+            let nq = qb.len();
+            let Some(qv) = add_init(g, &format!("{wname}_quantized"), qdt, tensor.dims.clone(), qb) else {
                 continue;
             };
             let Some(sv) = add_init(g, &format!("{wname}_scale"), DType::F32, sdims.clone(), sb) else { continue };
-            let Some(zv) = add_init(g, &format!("{wname}_zero_point"), DType::I8, sdims, vec![0u8; scales.len()])
-            else {
+            let Some(zv) = add_init(g, &format!("{wname}_zero_point"), qdt, sdims, zps) else {
                 continue;
             };
             let attrs = w.axis.map(|a| vec![Attribute::int("axis", a as i64)]).unwrap_or_default();
@@ -1352,7 +1495,7 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
                 continue;
             };
             t.bytes_before += 4 * data.len() as u64;
-            t.bytes_after += (q.len() + 5 * scales.len()) as u64;
+            t.bytes_after += (nq + 5 * scales.len()) as u64;
             t.weights += 1;
             originals.push(w.w);
             slot.insert((dv, scales));
@@ -1623,6 +1766,79 @@ mod tests {
     }
 
     #[test]
+    fn constants_of_generic_ops_use_all_codes() {
+        // An all-positive scale vector (a BatchNorm folded into a Mul): zero point at the lowest
+        // code, the largest value at the highest, twice the resolution of symmetric codes.
+        let v: Vec<f32> = (0..64).map(|i| 0.5 + i as f32 / 32.0).collect();
+        let (q, qp) = quantize_const_asym(&v, true, false);
+        assert_eq!(qp.zp, -128);
+        assert!((qp.scale - v[63] / 255.0).abs() <= 1e-7);
+        assert_eq!(q[63] as i8, 127);
+        for (&x, &c) in v.iter().zip(&q) {
+            let back = (c as i8 as i32 - qp.zp) as f32 * qp.scale;
+            assert!((x - back).abs() <= qp.scale / 2.0 * 1.0001, "{x} vs {back}");
+        }
+        // Mixed signs, uint8, non-finite values take the zero point (dequantise to 0).
+        let v = [-1.0f32, 3.0, 0.0, f32::NAN, 2.5, f32::INFINITY];
+        let (q, qp) = quantize_const_asym(&v, false, false);
+        assert_eq!(qp, act_params(-1.0, 3.0, false, false));
+        assert_eq!((q[0], q[1]), (0, 255));
+        assert_eq!((q[2] as i32, q[3] as i32, q[5] as i32), (qp.zp, qp.zp, qp.zp));
+        // Power-of-two scales.
+        let (_, qp) = quantize_const_asym(&[0.1, 0.7], true, true);
+        assert_eq!(qp.scale.to_bits() & 0x7F_FFFF, 0);
+        // All zero: scale 1, nothing lost.
+        let (q, qp) = quantize_const_asym(&[0.0; 5], true, false);
+        assert_eq!(qp, QParams { scale: 1.0, zp: 0 });
+        assert!(q.iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn min_max_skips_non_finite_values() {
+        for n in [0usize, 1, 15, 16, 17, 40, 1000] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+            let want = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            let (mn, mx, c) = finite_min_max(&v);
+            assert_eq!((mn, mx), want, "{n}");
+            assert_eq!(c > 0, n > 0);
+            let mut w = v.clone();
+            w.extend([f32::INFINITY, f32::NAN, f32::NEG_INFINITY]);
+            w.rotate_right(n / 3);
+            let (mn2, mx2, c2) = finite_min_max(&w);
+            assert_eq!(c2 > 0, n > 0);
+            if n > 0 {
+                assert_eq!((mn2, mx2), want, "{n} with non-finite values");
+            }
+        }
+        let (_, _, c) = finite_min_max(&[f32::NAN, f32::INFINITY]);
+        assert_eq!(c, 0);
+    }
+
+    #[test]
+    fn parallel_calibration_sees_every_run() {
+        // minmax runs go in parallel and merge; the input's range must be that of all feeds.
+        let feeds = conv_feeds(5);
+        let mut m = conv_model(17);
+        run_with(&mut m, "quant-w8", feeds.clone());
+        let (mut lo, mut hi) = (0f64, 0f64);
+        for f in &feeds {
+            for x in f["x"].tensor().unwrap().to_f64_vec().unwrap() {
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+        }
+        let want = act_params(lo, hi, true, false);
+        let xs = init_f32(&m, "x", "_scale")[0];
+        let xz = init_named(&m, "x", "_zero_point");
+        assert!((xs - want.scale).abs() <= 1e-6 * want.scale, "{xs} vs {}", want.scale);
+        assert_eq!(xz.to_i64_vec().map(|v| v[0] as i32), Some(want.zp));
+        // The same ranges as one sequential histogram run would see (percentile 100 = min/max).
+        let mut h = conv_model(17);
+        run_with(&mut h, "quant-w8(calib=percentile,percentile=100)", feeds);
+        assert!((init_f32(&h, "x", "_scale")[0] - xs).abs() <= 0.02 * xs);
+    }
+
+    #[test]
     fn histogram_grows_keeps_counts_and_percentiles() {
         let mut h = Hist::new(64);
         let a: Vec<f32> = (0..1000).map(|i| (i as f32 / 999.0) * 2.0 - 1.0).collect();
@@ -1747,10 +1963,23 @@ mod tests {
         let mut m = base.clone();
         let notes = run_with(&mut m, "quant-w8", feeds.clone());
         let o = ops(&m);
-        // x, MatMul out, Add out, Gemm out get pairs; Softmax's output is the graph output.
-        assert_eq!(o["QuantizeLinear"], 4, "{o:?}\n{notes:?}");
-        // W (axis 1), c (per tensor), B (axis 0), C (int32) + 4 activation DQs.
-        assert_eq!(o["DequantizeLinear"], 8, "{o:?}");
+        // x, MatMul out, Add out, Gemm out get pairs, and so does Softmax's output, which only
+        // leaves the graph (as quantize_static does): the graph output is the DQ's output.
+        assert_eq!(o["QuantizeLinear"], 5, "{o:?}\n{notes:?}");
+        // W (axis 1), c (per tensor), B (axis 0), C (int32) + 5 activation DQs.
+        assert_eq!(o["DequantizeLinear"], 9, "{o:?}");
+        let y = m.graph.outputs[0].value;
+        assert_eq!(m.graph.value(y).name, "y");
+        let (yp, _) = m.graph.producer(y).unwrap();
+        assert_eq!(m.graph.node(yp).op, Op::DequantizeLinear);
+        // The Add's constant is quantised as an activation: asymmetric, the activation type.
+        let cz = init_named(&m, "c", "_zero_point");
+        let cq = init_named(&m, "c", "_quantized");
+        assert_eq!((cz.dtype, cq.dtype), (DType::I8, DType::I8));
+        let cv = randn(8, 12);
+        let (lo, hi) = cv.iter().fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+        let cs = init_f32(&m, "c", "_scale")[0];
+        assert!((cs - (hi - lo) / 255.0).abs() <= 1e-6 * cs, "{cs} vs {}", (hi - lo) / 255.0);
         let g = &m.graph;
         let gemm = g.nodes().find(|&id| g.node(id).op == Op::Gemm).unwrap();
         assert_eq!(g.node(gemm).attrs.get_float("beta"), Some(1.0));
