@@ -283,6 +283,11 @@ pub(crate) fn conv_core<T: Elem>(
     if cg == 1 && mg == 1 && ins.len() == 2 {
         return depthwise2d(x, n, c, ins, w, bias, g);
     }
+    if ins.len() <= 2 {
+        // 1-D convolutions run as 2-D ones over a height of 1.
+        let (ins2, g2) = as_2d(ins, g);
+        return conv2d_core(x, n, c, &ins2, w, m, bias, group, &g2);
+    }
     let kn: usize = g.k.iter().product();
     let is: usize = ins.iter().product();
     let os: usize = g.out.iter().product();
@@ -302,14 +307,141 @@ pub(crate) fn conv_core<T: Elem>(
             col
         };
         gemm_strided(&Gemm::rm(mg, os, cg * kn).par(par), ws, bmat, slab, T::one());
-        if let Some(b) = bias {
-            for (mi, row) in slab.chunks_mut(os.max(1)).enumerate() {
-                let bv = b[gi * mg + mi];
-                row.iter_mut().for_each(|v| *v = v.add(bv));
-            }
-        }
+        add_bias(slab, os, bias.map(|b| &b[gi * mg..(gi + 1) * mg]));
     });
     y
+}
+
+/// Adds `bias[i]` to row `i` (of length `len`) of `y`.
+fn add_bias<T: Elem>(y: &mut [T], len: usize, bias: Option<&[T]>) {
+    if let Some(b) = bias {
+        for (row, &bv) in y.chunks_mut(len.max(1)).zip(b) {
+            row.iter_mut().for_each(|v| *v = v.add(bv));
+        }
+    }
+}
+
+/// A 1-D or 2-D geometry as a 2-D one (a 1-D one gets a leading spatial dim of 1).
+fn as_2d(ins: &[usize], g: &Geom) -> (Vec<usize>, Geom) {
+    if ins.len() == 2 {
+        return (ins.to_vec(), g.clone());
+    }
+    let pre = |v: &[usize], a: usize| [&[a][..], v].concat();
+    let prei = |v: &[i64]| [&[0][..], v].concat();
+    let g2 = Geom {
+        k: pre(&g.k, 1),
+        s: pre(&g.s, 1),
+        d: pre(&g.d, 1),
+        pb: prei(&g.pb),
+        pe: prei(&g.pe),
+        out: pre(&g.out, 1),
+    };
+    (pre(ins, 1), g2)
+}
+
+/// Elements of im2col scratch per chunk of output rows: the chunk of the column matrix stays in
+/// the core's cache while the GEMM reads it.
+const COL_BUDGET: usize = 1 << 17;
+
+/// 2-D convolution on contiguous data. Pointwise convolutions multiply the input directly; the
+/// others build the im2col matrix a few output rows at a time and multiply each chunk into its
+/// columns of the output.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_core<T: Elem>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    ins: &[usize],
+    w: &[T],
+    m: usize,
+    bias: Option<&[T]>,
+    group: usize,
+    g: &Geom,
+) -> Vec<T> {
+    let (cg, mg) = (c / group, m / group);
+    let kn = g.k[0] * g.k[1];
+    let is = ins[0] * ins[1];
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let os = oh * ow;
+    let kk = cg * kn;
+    let pointwise =
+        g.k.iter().all(|&k| k == 1) && g.s.iter().all(|&s| s == 1) && g.pb.iter().chain(&g.pe).all(|&p| p == 0);
+    let mut y = vec![T::default(); n * m * os];
+    run_tasks(&mut y, mg * os, |t, slab, col, par| {
+        let (ni, gi) = (t / group, t % group);
+        let xs = &x[(ni * c + gi * cg) * is..(ni * c + (gi + 1) * cg) * is];
+        let ws = &w[gi * mg * kk..(gi + 1) * mg * kk];
+        if pointwise || kk == 0 {
+            gemm_strided(&Gemm::rm(mg, os, kk).par(par), ws, xs, slab, T::one());
+        } else {
+            let budget = if par { COL_BUDGET * rayon::current_num_threads() } else { COL_BUDGET };
+            let rows = (budget / (kk * ow).max(1)).clamp(1, oh.max(1));
+            for oy0 in (0..oh).step_by(rows) {
+                let r = rows.min(oh - oy0);
+                let nc = r * ow;
+                col.resize(kk * nc, T::default());
+                im2col2d(xs, cg, ins, g, oy0, r, &mut col[..kk * nc]);
+                let gm = Gemm { m: mg, n: nc, k: kk, ars: kk, acs: 1, brs: nc, bcs: 1, ldc: os, acc: false, par };
+                gemm_strided(&gm, ws, col, &mut slab[oy0 * ow..], T::one());
+            }
+        }
+        add_bias(slab, os, bias.map(|b| &b[gi * mg..(gi + 1) * mg]));
+    });
+    y
+}
+
+/// The range of output columns `ox` whose input column `ox * sx + off` lies in `0..wd`,
+/// clipped to `0..ow`.
+fn valid_cols(off: i64, sx: usize, wd: usize, ow: usize) -> (usize, usize) {
+    let ox0 = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(sx) };
+    let room = wd as i64 - off;
+    let ox1 = if room <= 0 { 0 } else { (room as usize).div_ceil(sx).min(ow) };
+    (ox0.min(ox1), ox1)
+}
+
+/// im2col for output rows `oy0..oy0 + rows` of a 2-D convolution:
+/// `col[(ci * K + ky * kw + kx) * nc + (oy - oy0) * ow + ox]` = input at the window position
+/// (0 in padding), with `nc = rows * ow`.
+fn im2col2d<T: Copy + Default>(x: &[T], cg: usize, ins: &[usize], g: &Geom, oy0: usize, rows: usize, col: &mut [T]) {
+    let (h, wd) = (ins[0], ins[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let (sy, sx) = (g.s[0].max(1), g.s[1].max(1));
+    let (dy, dx) = (g.d[0], g.d[1]);
+    let (pt, pl) = (g.pb[0], g.pb[1]);
+    let ow = g.out[1];
+    let nc = rows * ow;
+    if nc == 0 {
+        return;
+    }
+    let mut dsts = col.chunks_exact_mut(nc);
+    for ci in 0..cg {
+        let xc = &x[ci * h * wd..(ci + 1) * h * wd];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let Some(dst) = dsts.next() else { return };
+                let off_x = (kx * dx) as i64 - pl;
+                let (ox0, ox1) = valid_cols(off_x, sx, wd, ow);
+                for (i, seg) in dst.chunks_exact_mut(ow).enumerate() {
+                    let iy = ((oy0 + i) * sy) as i64 - pt + (ky * dy) as i64;
+                    if iy < 0 || iy >= h as i64 || ox0 >= ox1 {
+                        seg.fill(T::default());
+                        continue;
+                    }
+                    let xrow = &xc[iy as usize * wd..(iy as usize + 1) * wd];
+                    seg[..ox0].fill(T::default());
+                    seg[ox1..].fill(T::default());
+                    let start = (ox0 as i64 * sx as i64 + off_x) as usize;
+                    if sx == 1 {
+                        seg[ox0..ox1].copy_from_slice(&xrow[start..start + (ox1 - ox0)]);
+                    } else {
+                        for (o, &v) in seg[ox0..ox1].iter_mut().zip(xrow[start..].iter().step_by(sx)) {
+                            *o = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Depthwise 2-D convolution (one input and one output channel per group), computed directly:
@@ -334,9 +466,7 @@ fn depthwise2d<T: Elem>(x: &[T], n: usize, c: usize, ins: &[usize], w: &[T], bia
                 let wv = wk[ky * kw + kx];
                 // Outputs ox with 0 <= ox * sx + off_x < wd read inside the row.
                 let off_x = (kx * dx) as i64 - pl;
-                let ox0 = if off_x >= 0 { 0 } else { ((-off_x) as usize).div_ceil(sx) };
-                let room = wd as i64 - off_x;
-                let ox1 = if room <= 0 { 0 } else { (room as usize).div_ceil(sx).min(ow) };
+                let (ox0, ox1) = valid_cols(off_x, sx, wd, ow);
                 if ox0 >= ox1 {
                     continue;
                 }
@@ -347,16 +477,15 @@ fn depthwise2d<T: Elem>(x: &[T], n: usize, c: usize, ins: &[usize], w: &[T], bia
                     }
                     let xrow = &xp[iy as usize * wd..(iy as usize + 1) * wd];
                     let orow = &mut out[oy * ow..(oy + 1) * ow];
+                    let start = (ox0 as i64 * sx as i64 + off_x) as usize;
                     if sx == 1 {
-                        let start = (ox0 as i64 + off_x) as usize;
                         let xs = &xrow[start..start + (ox1 - ox0)];
                         for (o, &xv) in orow[ox0..ox1].iter_mut().zip(xs) {
                             *o = o.add(wv.mul(xv));
                         }
                     } else {
-                        for (ox, o) in orow.iter_mut().enumerate().take(ox1).skip(ox0) {
-                            let ix = (ox * sx) as i64 + off_x;
-                            *o = o.add(wv.mul(xrow[ix as usize]));
+                        for (o, &xv) in orow[ox0..ox1].iter_mut().zip(xrow[start..].iter().step_by(sx)) {
+                            *o = o.add(wv.mul(xv));
                         }
                     }
                 }
@@ -550,6 +679,41 @@ fn conv_transpose_op<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DType) ->
     let bsl = bc.as_ref().and_then(|b| b.as_slice());
     let mut y = vec![T::zero(); n * m * os];
     let col2im = |mi: usize, dst: &mut [T], col: &[T]| {
+        if nd == 2 {
+            // Row by row: a kernel tap adds an input row to an output row, contiguously or
+            // every `s[1]` outputs; the taps add in the same order as below.
+            let (ih, iw, ow) = (ins[0], ins[1], out[1]);
+            for ky in 0..k[0] {
+                for kx in 0..k[1] {
+                    let kf = ky * k[1] + kx;
+                    let src = &col[(mi * kn + kf) * is..(mi * kn + kf + 1) * is];
+                    let off = (kx * d[1]) as i64 - pb[1];
+                    let (i0, i1) = valid_cols(off, s[1], ow, iw);
+                    if i0 >= i1 {
+                        continue;
+                    }
+                    let start = (i0 as i64 * s[1] as i64 + off) as usize;
+                    for iy in 0..ih {
+                        let oy = tabs[0][ky * ih + iy];
+                        if oy < 0 {
+                            continue;
+                        }
+                        let srow = &src[iy * iw + i0..iy * iw + i1];
+                        let drow = &mut dst[oy as usize * ow..(oy as usize + 1) * ow];
+                        if s[1] == 1 {
+                            for (o, &v) in drow[start..start + srow.len()].iter_mut().zip(srow) {
+                                *o += v;
+                            }
+                        } else {
+                            for (o, &v) in drow[start..].iter_mut().step_by(s[1]).zip(srow) {
+                                *o += v;
+                            }
+                        }
+                    }
+                }
+            }
+            return;
+        }
         let mut kidx = vec![0usize; nd];
         let mut iidx = vec![0usize; nd];
         for kf in 0..kn {
@@ -785,38 +949,54 @@ fn pool<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], kind: PoolKind, dt: DType)
     if fast2d {
         // 2-D fast path: the same windows, without the N-d odometer or the indices.
         let (w, ow) = (ins[1], g.out[1]);
+        // Row by row: each valid (window row, kernel column) pair folds a contiguous or strided
+        // run of input into the output row, in the same order as a window-by-window loop.
+        let (sx, dx, pl) = (g.s[1].max(1), g.d[1], g.pb[1]);
+        let spans: Vec<(usize, usize, usize)> = (0..k[1])
+            .map(|kx| {
+                let off = (kx * dx) as i64 - pl;
+                let (o0, o1) = valid_cols(off, sx, w, ow);
+                let start = if o0 < o1 { (o0 as i64 * sx as i64 + off) as usize } else { 0 };
+                (o0, o1, start)
+            })
+            .collect();
         let plane2 = |pi: usize, yo: &mut [T]| {
             let xp = &xsl[pi * is..(pi + 1) * is];
             for (oy, yrow) in yo.chunks_mut(ow.max(1)).enumerate() {
                 let rows = &wins[0].valid[oy][..];
+                yrow.fill(if kind == PoolKind::Max { T::neg_inf() } else { T::zero() });
+                for &r in rows {
+                    let xr = &xp[r * w..(r + 1) * w];
+                    for &(o0, o1, start) in &spans {
+                        let dst = &mut yrow[o0..o1];
+                        let src = xr[start..].iter().step_by(sx);
+                        if kind == PoolKind::Max {
+                            for (o, &v) in dst.iter_mut().zip(src) {
+                                let cur = *o;
+                                *o = if v > cur { v } else { cur };
+                            }
+                        } else {
+                            for (o, &v) in dst.iter_mut().zip(src) {
+                                *o += v;
+                            }
+                        }
+                    }
+                }
                 for (ox, yv) in yrow.iter_mut().enumerate() {
                     let cols = &wins[1].valid[ox][..];
                     let count = rows.len() * cols.len();
-                    *yv = if kind == PoolKind::Max {
-                        let mut acc = T::neg_inf();
-                        let mut found = false;
-                        for &r in rows {
-                            let xr = &xp[r * w..(r + 1) * w];
-                            for &c in cols {
-                                let v = xr[c];
-                                if v > acc || (!found && !v.is_nan()) {
-                                    acc = v;
-                                    found = true;
-                                }
+                    if kind == PoolKind::Max {
+                        // -inf is also what a window of NaNs leaves: NaN when no value is a number.
+                        if *yv == T::neg_inf() && count > 0 {
+                            let any = rows.iter().any(|&r| cols.iter().any(|&c| !xp[r * w + c].is_nan()));
+                            if !any {
+                                *yv = T::from_f64(f64::NAN);
                             }
                         }
-                        if !found && count > 0 { T::from_f64(f64::NAN) } else { acc }
                     } else {
-                        let mut acc = T::zero();
-                        for &r in rows {
-                            let xr = &xp[r * w..(r + 1) * w];
-                            for &c in cols {
-                                acc += xr[c];
-                            }
-                        }
                         let div = if count_pad { wins[0].with_pad[oy] * wins[1].with_pad[ox] } else { count };
-                        if div == 0 { T::from_f64(f64::NAN) } else { acc / T::from_f64(div as f64) }
-                    };
+                        *yv = if div == 0 { T::from_f64(f64::NAN) } else { *yv / T::from_f64(div as f64) };
+                    }
                 }
             }
         };
@@ -1435,6 +1615,24 @@ fn resize_axis<T: Real>(data: &[T], shape: &[usize], axis: usize, taps: &[Taps],
     let wt: Vec<Option<Vec<(usize, T)>>> =
         taps.iter().map(|t| t.as_ref().map(|v| v.iter().map(|&(i, w)| (i, T::from_f64(w))).collect())).collect();
     if inner == 0 || out == 0 {
+        return res;
+    }
+    // Every position reads one input with weight 1 (nearest): a gather of rows or elements.
+    let gather: Option<Vec<usize>> =
+        taps.iter().map(|t| t.as_ref().and_then(|v| (v.len() == 1 && v[0].1 == 1.0).then_some(v[0].0))).collect();
+    if let Some(idx) = gather {
+        res.par_chunks_mut(out * inner).enumerate().for_each(|(o, dst)| {
+            let src = &data[o * inn * inner..(o + 1) * inn * inner];
+            if inner == 1 {
+                for (d, &i) in dst.iter_mut().zip(&idx) {
+                    *d = src[i];
+                }
+            } else {
+                for (d, &i) in dst.chunks_exact_mut(inner).zip(&idx) {
+                    d.copy_from_slice(&src[i * inner..(i + 1) * inner]);
+                }
+            }
+        });
         return res;
     }
     res.par_chunks_mut(out * inner).enumerate().for_each(|(o, dst)| {
@@ -2507,6 +2705,12 @@ mod tests {
             (vec![1, 5, 6, 6], vec![5, 1, 3, 3], 5, vec![1, 1], vec![1, 1], "SAME_UPPER", vec![]),
             (vec![2, 8, 5, 5], vec![4, 8, 1, 1], 1, vec![1, 1], vec![1, 1], "NOTSET", vec![0, 0, 0, 0]),
             (vec![1, 2, 11], vec![3, 2, 3], 1, vec![2], vec![2], "NOTSET", vec![2, 1]),
+            (vec![2, 4, 13], vec![6, 2, 4], 2, vec![3], vec![1], "SAME_LOWER", vec![]),
+            // Several chunks of im2col rows (144 × 40 columns per output row).
+            (vec![1, 16, 41, 40], vec![8, 16, 3, 3], 1, vec![1, 1], vec![1, 1], "NOTSET", vec![1, 1, 1, 1]),
+            (vec![1, 16, 45, 43], vec![8, 16, 3, 3], 1, vec![2, 3], vec![2, 1], "NOTSET", vec![0, 2, 3, 1]),
+            (vec![1, 6, 9, 10], vec![4, 6, 1, 1], 1, vec![2, 2], vec![1, 1], "NOTSET", vec![0, 0, 0, 0]),
+            (vec![1, 3, 20, 19], vec![3, 1, 3, 3], 3, vec![2, 2], vec![1, 1], "NOTSET", vec![1, 0, 1, 1]),
             (vec![1, 2, 4, 5, 3], vec![2, 2, 2, 3, 2], 1, vec![1, 2, 1], vec![1, 1, 2], "SAME_UPPER", vec![]),
         ];
         for (xs, ws, group, s, d, auto_pad, pads) in cases {
@@ -2582,6 +2786,112 @@ mod tests {
         let lhs: f32 = yc.iter().zip(&y).map(|(a, b)| a * b).sum();
         let rhs: f32 = x.iter().zip(xt).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-3 * (1.0 + lhs.abs()), "{lhs} vs {rhs}");
+    }
+
+    #[test]
+    fn conv_transpose_adjoint_over_geometries() {
+        // (x shape, w shape, group, strides, dilations, pads)
+        let cases: Vec<(Vec<usize>, Vec<usize>, usize, Vec<usize>, Vec<usize>, Vec<i64>)> = vec![
+            (vec![1, 3, 12, 10], vec![5, 3, 2, 2], 1, vec![2, 2], vec![1, 1], vec![0, 0, 0, 0]),
+            (vec![2, 4, 11, 13], vec![4, 2, 3, 3], 2, vec![2, 3], vec![2, 1], vec![1, 2, 0, 1]),
+            (vec![1, 2, 9, 8], vec![3, 2, 3, 2], 1, vec![1, 1], vec![1, 1], vec![1, 0, 1, 1]),
+            (vec![1, 2, 14], vec![3, 2, 3], 1, vec![3], vec![2], vec![1, 2]),
+        ];
+        let mut rng = Rng::new(11);
+        for (xs, ws, group, s, d, pads) in cases {
+            let x = rand(&mut rng, &xs);
+            let w = rand(&mut rng, &ws);
+            let attrs = || {
+                vec![
+                    Attribute::int("group", group as i64),
+                    Attribute::ints("strides", s.iter().map(|&v| v as i64).collect()),
+                    Attribute::ints("dilations", d.iter().map(|&v| v as i64).collect()),
+                    Attribute::ints("pads", pads.clone()),
+                ]
+            };
+            let yc = run_op(Op::Conv, vec![x.clone(), w.clone()], attrs(), 1, 17);
+            let Tensor::F32(yc) = &yc[0] else { panic!() };
+            let y = rand(&mut rng, yc.shape());
+            let nd = xs.len() - 2;
+            // output_padding makes the transposed output the Conv's input size.
+            let op: Vec<i64> = (0..nd)
+                .map(|i| {
+                    let eff = (ws[2 + i] as i64 - 1) * d[i] as i64 + 1;
+                    let natural = s[i] as i64 * (yc.shape()[2 + i] as i64 - 1) + eff - pads[i] - pads[nd + i];
+                    xs[2 + i] as i64 - natural
+                })
+                .collect();
+            let mut ta = attrs();
+            ta.push(Attribute::ints("output_padding", op));
+            let xt = run_op(Op::ConvTranspose, vec![y.clone(), w.clone()], ta, 1, 17);
+            let Tensor::F32(xt) = &xt[0] else { panic!() };
+            assert_eq!(xt.shape(), x.shape(), "{xs:?}");
+            let lhs: f64 = yc.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(xt).map(|(a, b)| (a * b) as f64).sum();
+            assert!((lhs - rhs).abs() < 1e-3 * (1.0 + lhs.abs()), "{xs:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    #[test]
+    fn pool_2d_matches_the_general_path() {
+        // The 2-D kernels against the N-d ones: a leading spatial dim of 1 (and, for MaxPool,
+        // the indices output) takes the general path.
+        let mut rng = Rng::new(5);
+        let mut x = rand(&mut rng, &[2, 3, 11, 12]);
+        x[[0, 1, 3, 4]] = f32::NAN;
+        for v in x.slice_mut(ndarray::s![1, 2, 0..2, 0..3]).iter_mut() {
+            *v = f32::NAN;
+        }
+        let x3 = x.clone().into_shape_with_order(IxDyn(&[2, 3, 1, 11, 12])).unwrap();
+        // (kernel, strides, dilations, pads, ceil_mode, count_include_pad)
+        let cases: Vec<([i64; 2], [i64; 2], [i64; 2], [i64; 4], i64, i64)> = vec![
+            ([3, 3], [2, 2], [1, 1], [0, 0, 0, 0], 0, 0),
+            ([3, 2], [1, 1], [1, 1], [1, 1, 1, 0], 0, 1),
+            ([2, 3], [2, 3], [2, 1], [1, 0, 0, 2], 1, 0),
+            ([3, 3], [3, 2], [1, 2], [1, 2, 1, 2], 1, 1),
+        ];
+        for (k, s, d, p, ceil, cip) in cases {
+            let attrs2 = |max: bool| {
+                let mut a = vec![
+                    Attribute::ints("kernel_shape", k.to_vec()),
+                    Attribute::ints("strides", s.to_vec()),
+                    Attribute::ints("pads", p.to_vec()),
+                    Attribute::int("ceil_mode", ceil),
+                ];
+                if max {
+                    a.push(Attribute::ints("dilations", d.to_vec()));
+                } else {
+                    a.push(Attribute::int("count_include_pad", cip));
+                }
+                a
+            };
+            let attrs3 = |max: bool| {
+                let mut a = vec![
+                    Attribute::ints("kernel_shape", vec![1, k[0], k[1]]),
+                    Attribute::ints("strides", vec![1, s[0], s[1]]),
+                    Attribute::ints("pads", vec![0, p[0], p[1], 0, p[2], p[3]]),
+                    Attribute::int("ceil_mode", ceil),
+                ];
+                if max {
+                    a.push(Attribute::ints("dilations", vec![1, d[0], d[1]]));
+                } else {
+                    a.push(Attribute::int("count_include_pad", cip));
+                }
+                a
+            };
+            for (op, max) in [(Op::MaxPool, true), (Op::AveragePool, false)] {
+                let fast = run_op(op.clone(), vec![x.clone()], attrs2(max), 1, 19);
+                let general = if max {
+                    run_op(op.clone(), vec![x.clone()], attrs2(max), 2, 19)
+                } else {
+                    run_op(op.clone(), vec![x3.clone()], attrs3(max), 1, 19)
+                };
+                let (Tensor::F32(a), Tensor::F32(b)) = (&fast[0], &general[0]) else { panic!() };
+                let b = b.clone().into_shape_with_order(IxDyn(a.shape())).unwrap();
+                let same = a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits() || (u.is_nan() && v.is_nan()));
+                assert!(same, "{op:?} {k:?} {s:?} {d:?} {p:?}: {a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -695,15 +695,23 @@ pub(crate) fn transpose_arr<T: Clone>(a: &ArrayD<T>, perm: &[usize]) -> ArrayD<T
     let o_dims: Vec<usize> = outer.iter().map(|&k| odims[k]).collect();
     let o_src: Vec<usize> = outer.iter().map(|&k| src_st[k]).collect();
     let o_dst: Vec<usize> = outer.iter().map(|&k| ost[k]).collect();
-    const TILE: usize = 32;
+    const TILE: usize = 64;
     for_each_offset(&o_dims, &o_src, &o_dst, |s, d| {
         for i0 in (0..nb).step_by(TILE) {
             let iend = (i0 + TILE).min(nb);
             for j0 in (0..na).step_by(TILE) {
                 let jend = (j0 + TILE).min(na);
+                // Whole 8×8 blocks, then the ragged edges element by element.
+                let (ifull, jfull) = (i0 + (iend - i0) / 8 * 8, j0 + (jend - j0) / 8 * 8);
+                for bi in (i0..ifull).step_by(8) {
+                    for bj in (j0..jfull).step_by(8) {
+                        block8(&src[s + bi + bj * sa..], sa, &mut out[d + bi * dq + bj..], dq);
+                    }
+                }
                 for i in i0..iend {
-                    let row = &mut out[d + i * dq + j0..d + i * dq + jend];
-                    let sb = s + i + j0 * sa;
+                    let from = if i < ifull { jfull } else { j0 };
+                    let row = &mut out[d + i * dq + from..d + i * dq + jend];
+                    let sb = s + i + from * sa;
                     for (jj, o) in row.iter_mut().enumerate() {
                         *o = src[sb + jj * sa].clone();
                     }
@@ -712,6 +720,18 @@ pub(crate) fn transpose_arr<T: Clone>(a: &ArrayD<T>, perm: &[usize]) -> ArrayD<T
         }
     });
     done(out)
+}
+
+/// Transposes one 8×8 block: `dst[i * dq + j] = src[j * sa + i]`.
+#[inline(always)]
+fn block8<T: Clone>(src: &[T], sa: usize, dst: &mut [T], dq: usize) {
+    let rows: [&[T]; 8] = std::array::from_fn(|j| &src[j * sa..j * sa + 8]);
+    for i in 0..8 {
+        let out = &mut dst[i * dq..i * dq + 8];
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = rows[j][i].clone();
+        }
+    }
 }
 
 fn transpose(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Tensor> {
@@ -2167,6 +2187,8 @@ mod tests {
             &[2, 0, 3],
             &[3, 2, 2, 1, 2],
             &[40, 1, 35],
+            &[3, 70, 67],
+            &[2, 16, 9, 24],
         ];
         for &shape in shapes {
             let n: usize = shape.iter().product();
