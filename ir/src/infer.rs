@@ -987,6 +987,18 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
                 o.truncate(node.outputs().len().max(1));
                 o
             }
+            // input [B, S, K] with packed weights [K, 3 * hidden]: [B, S, hidden].
+            "Attention" if node.attrs.get_ints("qkv_hidden_sizes").is_none() => {
+                let s = shape(0).filter(|s| s.len() == 3).and_then(|mut s| {
+                    let w = shape(1).filter(|w| w.len() == 2)?;
+                    let n = w[1].as_known().filter(|&n| n > 0 && n % 3 == 0)?;
+                    s[2] = Dim::known(n / 3);
+                    Some(s)
+                });
+                let mut o = vec![(ttype(elem(0), s), None)];
+                o.resize(node.outputs().len().max(1), (None, None));
+                o
+            }
             "FusedConv" => vec![(ttype(elem(0), conv_shape(g, n, shape(0), shape(1))), None)],
             // A [..., K] by B [N, K] in blocks: [..., N].
             "MatMulNBits" => {

@@ -33,6 +33,7 @@ impl PassRegistry {
         r.register(crate::fuse::affine::FuseAffine);
         r.register(crate::fuse::norm::FuseNorm);
         r.register(crate::fuse::act::FuseAct);
+        r.register(crate::fuse::attention::FuseAttention);
         r.register(crate::fuse::qkv::FuseQkv);
         r.register(crate::quant::w4::QuantW4);
         r.register(crate::quant::w8::QuantW8);

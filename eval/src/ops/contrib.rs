@@ -1,7 +1,7 @@
 //! Kernels for the `com.microsoft` ops that optc's fusion passes emit (onnxruntime's contrib
 //! ops), so that optc runs and verifies its own output: `FusedConv`, `FusedGemm`,
 //! `SkipLayerNormalization`, `SkipSimplifiedLayerNormalization`, `BiasGelu`, `FastGelu`,
-//! `QuickGelu`.
+//! `QuickGelu`, `Attention` (self-attention with packed Q/K/V weights and a 2-D mask).
 //!
 //! Each is the standard op it fuses followed or preceded by the ops it absorbs, computed with
 //! the standard kernels, so they agree with the unfused graph up to float rounding.
@@ -9,7 +9,7 @@
 use super::{Ctx, dispatch};
 use crate::error::Result;
 use crate::value::{Tensor, Value};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, Axis, Slice};
 use optc_ir::{Attribute, Op};
 
 pub fn run(cx: &Ctx, inputs: &[Option<&Value>]) -> Option<Result<Vec<Value>>> {
@@ -25,6 +25,7 @@ pub fn run(cx: &Ctx, inputs: &[Option<&Value>]) -> Option<Result<Vec<Value>>> {
         "BiasGelu" => bias_gelu(cx, inputs, "none"),
         "FastGelu" => bias_gelu(cx, inputs, "tanh"),
         "QuickGelu" => quick_gelu(cx, inputs),
+        "Attention" => ms_attention(cx, inputs),
         _ => return None,
     })
 }
@@ -134,4 +135,78 @@ fn quick_gelu(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
         }
         other => Err(cx.err(format!("QuickGelu takes float32/float64, not {}", other.dtype()))),
     }
+}
+
+/// `Attention(input [B, S, K], weights [K, 3N], bias [3N]?, mask_index [B, T]?)`: the packed
+/// projection `input @ weights + bias` split into Q, K and V of width N, then the standard
+/// Attention op with `num_heads` heads and `scale` (1/sqrt(N / num_heads) when absent or 0);
+/// a 2-D mask adds `mask_filter_value` (-10000 by default) to the scores of keys where it is 0.
+/// Past state, attention bias, `qkv_hidden_sizes`, `unidirectional` and rotary variants are
+/// refused.
+fn ms_attention(cx: &Ctx, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let at = |i: usize| inputs.get(i).copied().flatten();
+    if (4..inputs.len()).any(|i| at(i).is_some())
+        || cx
+            .node
+            .attrs
+            .iter()
+            .any(|a| matches!(a.name.as_str(), "qkv_hidden_sizes" | "do_rotary" | "past_present_share_buffer"))
+        || cx.attr_int("unidirectional", 0) != 0
+    {
+        return Err(
+            cx.err("only self-attention without past state, attention bias or unidirectional masking is supported")
+        );
+    }
+    let (x, w) = match (at(0), at(1)) {
+        (Some(x), Some(w)) => (x, w),
+        _ => return Err(cx.err("input and weights are required")),
+    };
+    let heads = cx.attr_int("num_heads", 0);
+    let mut qkv = first(cx, run_as(cx, Op::MatMul, vec![], 13, &[Some(x), Some(w)])?)?;
+    if let Some(b) = at(2) {
+        qkv = first(cx, run_as(cx, Op::Add, vec![], 14, &[Some(&qkv), Some(b)])?)?;
+    }
+    let Value::Tensor(t) = &qkv else { return Err(cx.err("the projection is not a tensor")) };
+    let shape = t.shape().to_vec();
+    if shape.len() != 3 || shape[2] % 3 != 0 {
+        return Err(cx.err(format!("input @ weights has shape {shape:?}, not [B, S, 3 * hidden]")));
+    }
+    let n = (shape[2] / 3) as i64;
+    if heads <= 0 || n % heads != 0 {
+        return Err(cx.err(format!("num_heads {heads} does not divide the hidden size {n}")));
+    }
+    let Tensor::F32(a) = t else { return Err(cx.err(format!("Attention takes float32, not {}", t.dtype()))) };
+    let nu = n as usize;
+    let parts: Vec<Value> = (0..3)
+        .map(|i| Value::Tensor(Tensor::F32(a.slice_axis(Axis(2), Slice::from(i * nu..(i + 1) * nu)).to_owned())))
+        .collect();
+    let mut scale = cx.attr_float("scale", 0.0);
+    if scale == 0.0 {
+        scale = 1.0 / ((n / heads) as f32).sqrt();
+    }
+    let mask = match at(3) {
+        None => None,
+        Some(m) => {
+            let Value::Tensor(m) = m else { return Err(cx.err("mask_index is not a tensor")) };
+            let ms = m.shape().to_vec();
+            if ms.len() != 2 || ms[0] != shape[0] {
+                return Err(cx.err(format!(
+                    "mask_index has shape {ms:?}; only a 2-D [batch, total sequence] mask is supported"
+                )));
+            }
+            let filter = cx.attr_float("mask_filter_value", -10000.0);
+            let v = m.to_f64_vec().ok_or_else(|| cx.err("mask_index must be an integer tensor"))?;
+            let add: Vec<f32> = v.iter().map(|&x| if x > 0.0 { 0.0 } else { filter }).collect();
+            let a = ArrayD::from_shape_vec(vec![ms[0], 1, 1, ms[1]], add).map_err(|e| cx.err(e.to_string()))?;
+            Some(Value::Tensor(Tensor::F32(a)))
+        }
+    };
+    let attrs = vec![
+        Attribute::int("q_num_heads", heads),
+        Attribute::int("kv_num_heads", heads),
+        Attribute::float("scale", scale),
+    ];
+    let ins = [Some(&parts[0]), Some(&parts[1]), Some(&parts[2]), mask.as_ref()];
+    let y = first(cx, run_as(cx, Op::Attention, attrs, 23, &ins)?)?;
+    Ok(vec![y])
 }

@@ -4,6 +4,7 @@
 
 pub mod act;
 pub mod affine;
+pub mod attention;
 pub mod norm;
 pub mod qkv;
 pub mod transpose;
