@@ -41,7 +41,7 @@ import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
-from optc_helpers import REAL_MODELS  # noqa: E402
+from optc_helpers import seeded_feeds  # noqa: E402
 
 # "No slower" allows this much measurement noise (the issue's definition): optc <= 1.02 * ORT.
 LAT_MARGIN = 1.02
@@ -63,33 +63,6 @@ class R(CalibrationDataReader):
 quantize_static(src, out, R(), quant_format=QuantFormat.QDQ, per_channel=True,
                 calibrate_method=CalibrationMethod.MinMax)
 """
-
-
-def make_feeds(path: Path, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    m = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    spec = REAL_MODELS.get(path.name, {})
-    rng = np.random.default_rng(seed)
-    dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64,
-              onnx.TensorProto.INT32: np.int32}
-    out = []
-    for _ in range(n):
-        feed = {}
-        for i in m.graph.input:
-            if i.name in inits:
-                continue
-            s = spec.get(i.name, {})
-            shape = s.get("shape") or [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
-            dt = dtypes[i.type.tensor_type.elem_type]
-            if "value" in s:
-                a = np.full(shape, s["value"], dt)
-            elif dt == np.float32:
-                a = rng.standard_normal(shape).astype(np.float32)
-            else:
-                a = rng.integers(s.get("low", 0), s.get("high", 100), size=shape).astype(dt)
-            feed[i.name] = a
-        out.append(feed)
-    return out
 
 
 def count_ops(g: onnx.GraphProto, op_type: str) -> int:
@@ -195,7 +168,7 @@ def latency(sessions: dict, feed: dict, rounds: int, min_time: float = 0.1) -> t
 
 def bench_model(args, src: Path, work: Path) -> dict:
     res: dict = {"model": src.name}
-    feeds = make_feeds(src, args.samples)
+    feeds = seeded_feeds(src, args.samples)
     calib = work / "calib"
     for k, f in enumerate(feeds):
         (calib / f"{k:03d}").mkdir(parents=True, exist_ok=True)
@@ -226,7 +199,7 @@ def bench_model(args, src: Path, work: Path) -> dict:
             res[f"{k}_checker"] = f"failed: {str(e)[:300]}"
     ref = session(src)
     sessions = {"fp32": ref}
-    held_out = make_feeds(src, args.samples, seed=1)
+    held_out = seeded_feeds(src, args.samples, seed=1)
     for k, p in ok.items():
         try:
             s = session(p)

@@ -369,3 +369,32 @@ def random_input(rng: np.random.Generator, np_dtype, shape, spec: dict | None = 
     if np_dtype.kind in "OUS":
         return np.array(["optc"] * int(np.prod(shape)), dtype=object).reshape(shape)
     raise ValueError(f"cannot generate input of dtype {np_dtype}")
+
+
+def seeded_feeds(path: Path, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """n seeded input sets for the model at `path`: the shapes, values and integer ranges of
+    REAL_MODELS where it has them, else the declared dims (unknown ones 1); floats standard
+    normal, integers uniform in [low, high) (default [0, 100))."""
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    spec = REAL_MODELS.get(path.name, {})
+    rng = np.random.default_rng(seed)
+    dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+    out = []
+    for _ in range(n):
+        feed = {}
+        for i in m.graph.input:
+            if i.name in inits:
+                continue
+            s = spec.get(i.name, {})
+            shape = s.get("shape") or [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
+            dt = dtypes[i.type.tensor_type.elem_type]
+            if "value" in s:
+                a = np.full(shape, s["value"], dt)
+            elif dt == np.float32:
+                a = rng.standard_normal(shape).astype(np.float32)
+            else:
+                a = rng.integers(s.get("low", 0), s.get("high", 100), size=shape).astype(dt)
+            feed[i.name] = a
+        out.append(feed)
+    return out

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 
-from optc_helpers import REAL_MODELS, describe_run, run_optc
+from optc_helpers import describe_run, run_optc, seeded_feeds
 
 MODELS = [
     "ch_ppocr_mobile_v2.0_cls_infer.onnx",
@@ -40,32 +40,6 @@ def model_path(models_dir: Path, name: str) -> Path:
     if not p.is_file():
         pytest.skip(f"{name} is not in the model cache (scripts/fetch_models.py)")
     return p
-
-
-def make_feeds(path: Path, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    m = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    spec = REAL_MODELS.get(path.name, {})
-    rng = np.random.default_rng(seed)
-    dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
-    out = []
-    for _ in range(n):
-        feed = {}
-        for i in m.graph.input:
-            if i.name in inits:
-                continue
-            s = spec.get(i.name, {})
-            shape = s.get("shape") or [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
-            dt = dtypes[i.type.tensor_type.elem_type]
-            if "value" in s:
-                a = np.full(shape, s["value"], dt)
-            elif dt == np.float32:
-                a = rng.standard_normal(shape).astype(np.float32)
-            else:
-                a = rng.integers(s.get("low", 0), s.get("high", 100), size=shape).astype(dt)
-            feed[i.name] = a
-        out.append(feed)
-    return out
 
 
 def write_calib(feeds: list[dict[str, np.ndarray]], d: Path) -> Path:
@@ -137,7 +111,7 @@ def ops(path: Path) -> collections.Counter:
 @pytest.mark.parametrize("name", MODELS)
 def test_w8_matches_or_beats_quantize_static(name, models_dir, optc_bin, outdir: Path, tmp_path: Path):
     src = model_path(models_dir, name)
-    feeds = make_feeds(src, SAMPLES)
+    feeds = seeded_feeds(src, SAMPLES)
     calib = write_calib(feeds, tmp_path / "calib")
     out = outdir / "w8.onnx"
     log = optc_w8(optc_bin, src, calib, out)
@@ -154,7 +128,7 @@ def test_w8_matches_or_beats_quantize_static(name, models_dir, optc_bin, outdir:
 
 def test_w8_pof2_entropy_percentile(models_dir, optc_bin, outdir: Path, tmp_path: Path):
     src = model_path(models_dir, MODELS[0])
-    feeds = make_feeds(src, SAMPLES)
+    feeds = seeded_feeds(src, SAMPLES)
     calib = write_calib(feeds, tmp_path / "calib")
     # Power-of-two scales: every scale initializer is 2^k.
     out = outdir / "pof2.onnx"
@@ -200,7 +174,7 @@ def test_quant_report_and_exclude_auto(optc_bin, models_dir, tmp_path: Path):
     DequantizeLinear)."""
     src = model_path(models_dir, "ch_ppocr_mobile_v2.0_cls_infer.onnx")
     calib = tmp_path / "calib"
-    for i, feed in enumerate(make_feeds(src, 2, seed=5)):
+    for i, feed in enumerate(seeded_feeds(src, 2, seed=5)):
         (calib / f"{i:03d}").mkdir(parents=True)
         for k, v in feed.items():
             np.save(calib / f"{i:03d}" / f"{k}.npy", v)
@@ -253,7 +227,7 @@ def test_w8_placement_and_parameters_match_quantize_static(models_dir, optc_bin,
     scale and zero point, the same int8 weights, and the constant inputs of Add/Mul quantised as
     activations are (per tensor, asymmetric, a zero point), not as symmetric weights."""
     src = model_path(models_dir, "magika_standard_v3_3.onnx")
-    feeds = make_feeds(src, SAMPLES)
+    feeds = seeded_feeds(src, SAMPLES)
     calib = write_calib(feeds, tmp_path / "calib")
     out = outdir / "w8.onnx"
     optc_w8(optc_bin, src, calib, out)
@@ -271,7 +245,7 @@ def test_w8_placement_and_parameters_match_quantize_static(models_dir, optc_bin,
         asym += bool(np.any(z != 0))
     assert asym > 0, "no constant with a zero point: the Add/Mul constants were quantised symmetrically"
     # Held-out inputs: at least quantize_static's cosine (the models are the same up to rounding).
-    held_out = make_feeds(src, SAMPLES, seed=1)
+    held_out = seeded_feeds(src, SAMPLES, seed=1)
     ours, theirs = mean_cosine(src, out, held_out), mean_cosine(src, ref, held_out)
     assert ours >= theirs - 1e-6, (ours, theirs)
 
@@ -284,7 +258,7 @@ def test_w8_softmax_graph_output_is_quantised(models_dir, optc_bin, outdir: Path
     prod0 = {o: n for n in m0.graph.node for o in n.output}
     outs = [o.name for o in m0.graph.output if o.name in prod0 and prod0[o.name].op_type == "Softmax"]
     assert outs, "the recogniser ends in a Softmax"
-    feeds = make_feeds(src, SAMPLES)
+    feeds = seeded_feeds(src, SAMPLES)
     calib = write_calib(feeds, tmp_path / "calib")
     out = outdir / "w8.onnx"
     optc_w8(optc_bin, src, calib, out)
