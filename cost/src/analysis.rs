@@ -161,40 +161,18 @@ impl Analysis {
         self.nodes.iter().map(|n| n.bytes()).sum()
     }
 
-    /// Pairs (producer, activation) where a Conv/ConvTranspose/Gemm/MatMul output is read only
-    /// by an elementwise activation (Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, HardSwish,
-    /// Tanh) and is not a graph output: the pairs a runtime fuses into one kernel.
-    pub fn activation_groups(&self) -> Vec<Vec<usize>> {
-        const PRODUCERS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul", "com.microsoft::FusedConv"];
-        const ACTS: &[&str] = &["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"];
+    /// Value name -> the indices of the nodes that read it (each node once, in order).
+    fn readers(&self) -> HashMap<&str, Vec<usize>> {
         let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
             for t in &n.inputs {
-                readers.entry(t.value.as_str()).or_default().push(i);
+                let r = readers.entry(t.value.as_str()).or_default();
+                if r.last() != Some(&i) {
+                    r.push(i);
+                }
             }
         }
-        let outputs: HashSet<&str> = self.graph_outputs.iter().map(String::as_str).collect();
-        let mut taken = HashSet::new();
-        let mut groups = Vec::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            if !PRODUCERS.contains(&n.op.as_str()) || n.outputs.len() != 1 {
-                continue;
-            }
-            let v = n.outputs[0].value.as_str();
-            if outputs.contains(v) {
-                continue;
-            }
-            if let Some([j]) = readers.get(v).map(Vec::as_slice)
-                && ACTS.contains(&self.nodes[*j].op.as_str())
-                && !taken.contains(j)
-                && !taken.contains(&i)
-            {
-                taken.insert(i);
-                taken.insert(*j);
-                groups.push(vec![i, *j]);
-            }
-        }
-        groups
+        readers
     }
 
     /// The kernels a runtime forms by itself when it loads the graph, as groups of node indices
@@ -245,15 +223,9 @@ impl Analysis {
             "Cast",
         ];
         const SEEDS: &[&str] = &["ReduceMean", "Erf", "Tanh"];
-        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let readers = self.readers();
         let mut producer: HashMap<&str, usize> = HashMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            for t in &n.inputs {
-                let r = readers.entry(t.value.as_str()).or_default();
-                if !r.contains(&i) {
-                    r.push(i);
-                }
-            }
             for t in &n.outputs {
                 producer.insert(t.value.as_str(), i);
             }
@@ -411,12 +383,7 @@ impl Analysis {
                 }
             }
         }
-        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            for t in &n.inputs {
-                readers.entry(t.value.as_str()).or_default().push(i);
-            }
-        }
+        let readers = self.readers();
         let outputs: HashSet<&str> = self.graph_outputs.iter().map(String::as_str).collect();
         let mut fused: HashMap<usize, NodeCost> = HashMap::new();
         for grp in groups {
