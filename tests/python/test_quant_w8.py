@@ -277,3 +277,45 @@ def test_w8_softmax_graph_output_is_quantised(models_dir, optc_bin, outdir: Path
         y = s.run(None, f)[0].astype(np.float64)
         assert y.min() >= 0 and y.max() <= 1 + 1e-6, (y.min(), y.max())
         assert np.allclose(y * 255, np.round(y * 255), atol=1e-3), "on the 1/255 grid"
+
+
+def ort_unfused(path: Path, tmp: Path) -> list[str]:
+    """Names of the MatMul/Gemm/Conv nodes that onnxruntime (ORT_ENABLE_ALL, CPU) leaves in float
+    with a DequantizeLinear input: the QDQ groups its fusions did not turn into integer kernels."""
+    import onnxruntime as ort
+    o = ort.SessionOptions()
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    o.optimized_model_filepath = str(tmp)
+    o.log_severity_level = 3
+    ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    g = onnx.load(str(tmp)).graph
+    prod = {o: n for n in g.node for o in n.output}
+    return [n.name for n in g.node if n.op_type in ("MatMul", "Gemm", "Conv")
+            and any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input)]
+
+
+def test_w8_every_quantised_matmul_is_fused_by_onnxruntime(models_dir, optc_bin, outdir: Path, tmp_path: Path):
+    """MiniLM's LayerNorm outputs are read by the Q, K and V projections and the residual Add.
+    onnxruntime fuses a QDQ MatMul into QLinearMatMul only when its quantised input has one
+    reader, so quant-w8 gives each reader its own pair (split=true, the default): every quantised
+    MatMul then runs as an integer kernel. With one shared pair (split=false, as quantize_static
+    writes it) the shared readers stay float and dequantise their weights on every run."""
+    src = model_path(models_dir, "paraphrase-MiniLM-L3-v2.onnx")
+    feeds = seeded_feeds(src, SAMPLES)
+    calib = write_calib(feeds, tmp_path / "calib")
+    split, shared = outdir / "w8.onnx", outdir / "w8_shared.onnx"
+    log = optc_w8(optc_bin, src, calib, split)
+    assert "for further readers" in log, log
+    optc_w8(optc_bin, src, calib, shared, "(split=false)")
+    assert ops(split)["QuantizeLinear"] > ops(shared)["QuantizeLinear"]
+    assert ort_unfused(split, tmp_path / "split.ort.onnx") == []
+    left = ort_unfused(shared, tmp_path / "shared.ort.onnx")
+    assert any("query" in n for n in left), left
+    # The same scales and zero points: as written (no onnxruntime fusion, whose integer kernels
+    # round differently), the two models compute the same outputs.
+    import onnxruntime as ort
+    off = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s0, s1 = session(split, off), session(shared, off)
+    for f in feeds[:2]:
+        for a, b in zip(s0.run(None, f), s1.run(None, f)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -9,9 +9,12 @@
 //! becomes int32 with scale `x_scale * w_scale` per channel and zero point 0.
 //!
 //! Activations: per-tensor, asymmetric (`act=int8`, quantize_static's default, or `uint8`),
-//! as a `QuantizeLinear -> DequantizeLinear` pair after the producing node; every reader of the
-//! tensor reads the `DequantizeLinear` output (graph outputs stay float, except a Softmax
-//! output read by nothing else, which quantize_static quantises as well). Which tensors:
+//! as a `QuantizeLinear -> DequantizeLinear` pair after the producing node, one pair per node
+//! that reads the tensor, each with its own scale and zero-point initializers (`split=true`;
+//! onnxruntime fuses a QDQ group into its integer kernel only when the quantised tensor has one
+//! reader, and would merge pairs that share initializers; `split=false` gives one pair that
+//! every reader shares, as quantize_static does). Graph outputs stay float, except a Softmax
+//! output read by nothing else, which quantize_static quantises as well. Which tensors:
 //! - Conv, ConvTranspose, MatMul, Gemm: the activation inputs and the output (a MatMul input
 //!   that is not a constant, as in attention, is an activation too);
 //! - Add, Mul, Concat, Sigmoid, Softmax (output range fixed to `[0, 1]`), GlobalAveragePool,
@@ -82,6 +85,12 @@ const OPTIONS: &[OptionSpec] = &[
         help: "leave Conv/MatMul/Gemm nodes whose weight has fewer elements in float",
     },
     OptionSpec {
+        name: "split",
+        default: "true",
+        help: "give each reader of a quantised tensor its own QuantizeLinear/DequantizeLinear pair, so that \
+               onnxruntime fuses every reader (it fuses none of a tensor's readers when there are several)",
+    },
+    OptionSpec {
         name: "runs",
         default: "4",
         help: "random input sets to calibrate on when the context has no calibration data",
@@ -110,6 +119,7 @@ struct Config {
     exclude_ops: Vec<String>,
     min_size: usize,
     runs: usize,
+    split: bool,
 }
 
 impl Pass for QuantW8 {
@@ -190,6 +200,7 @@ fn config(opts: &PassOptions, cx: &PassContext) -> Result<Config, PassError> {
         exclude_ops,
         min_size: opts.usize("min_size")?,
         runs: opts.usize("runs")?.max(1),
+        split: opts.bool("split")?,
     })
 }
 
@@ -1184,6 +1195,74 @@ fn add_node(
     Some((id, out))
 }
 
+/// Gives every node after the first that reads `dv` (the DequantizeLinear output of `v`) a
+/// QuantizeLinear -> DequantizeLinear pair of its own, with the same parameters in initializers
+/// of its own. onnxruntime (1.32, CPU) fuses a QDQ node group into QLinearMatMul / QLinearConv /
+/// QLinearAdd only when the quantised tensor has that one reader: a tensor read by the Q, K and
+/// V projections and the residual Add left all four in float, dequantising their weights on
+/// every run. Separate initializers keep its common-subexpression elimination from merging the
+/// pairs back. Returns the number of pairs added.
+fn split_readers(
+    g: &mut Graph,
+    v: ValueId,
+    dv: ValueId,
+    qp: QParams,
+    signed: bool,
+    name: &str,
+    like: Option<NodeId>,
+) -> usize {
+    let act_dt = if signed { DType::I8 } else { DType::U8 };
+    let mut readers: Vec<(NodeId, usize)> = g
+        .uses(dv)
+        .into_iter()
+        .filter_map(|(n, u)| match u {
+            optc_ir::Use::Input(slot) => Some((n, slot)),
+            optc_ir::Use::Capture => None,
+        })
+        .collect();
+    readers.sort();
+    let mut nodes: Vec<NodeId> = readers.iter().map(|&(n, _)| n).collect();
+    nodes.dedup();
+    let mut added = 0;
+    for (k, &n) in nodes.iter().enumerate().skip(1) {
+        let base = format!("{name}_{k}");
+        let Some(sv) = add_init(g, &format!("{base}_scale"), DType::F32, vec![], qp.scale.to_le_bytes().to_vec())
+        else {
+            continue;
+        };
+        let Some(zv) = add_init(g, &format!("{base}_zero_point"), act_dt, vec![], zp_bytes(qp.zp, signed)) else {
+            continue;
+        };
+        let Some((_, qv)) = add_node(
+            g,
+            Op::QuantizeLinear,
+            vec![Some(v), Some(sv), Some(zv)],
+            vec![],
+            &format!("{base}_QuantizeLinear"),
+            &format!("{base}_QuantizeLinear_Output"),
+            like,
+        ) else {
+            continue;
+        };
+        let Some((_, d)) = add_node(
+            g,
+            Op::DequantizeLinear,
+            vec![Some(qv), Some(sv), Some(zv)],
+            vec![],
+            &format!("{base}_DequantizeLinear"),
+            &format!("{base}_DequantizeLinear_Output"),
+            like,
+        ) else {
+            continue;
+        };
+        for &(_, slot) in readers.iter().filter(|&&(m, _)| m == n) {
+            g.set_input(n, slot, Some(d));
+        }
+        added += 1;
+    }
+    added
+}
+
 fn zp_bytes(zp: i32, signed: bool) -> Vec<u8> {
     vec![if signed { zp as i8 as u8 } else { zp as u8 }]
 }
@@ -1191,6 +1270,8 @@ fn zp_bytes(zp: i32, signed: bool) -> Vec<u8> {
 #[derive(Default)]
 struct Totals {
     acts: usize,
+    /// Extra Q/DQ pairs, one per further reader of a quantised tensor.
+    split: usize,
     weights: usize,
     biases: usize,
     removed: usize,
@@ -1439,6 +1520,9 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
         g.replace_uses(v, dv);
         g.set_input(qn, 0, Some(v));
         t.acts += 1;
+        if cfg.split {
+            t.split += split_readers(g, v, dv, params[&r], cfg.signed, &name, like);
+        }
     }
 
     // Weights.
@@ -1600,16 +1684,17 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
         feeds.len(),
     );
     let ratio = if t.bytes_after > 0 { t.bytes_before as f64 / t.bytes_after as f64 } else { 0.0 };
-    let (a, w, b, r, nodes) = (t.acts, t.weights, t.biases, t.removed, plan.nodes);
+    let (a, sp, w, b, r, nodes) = (t.acts, t.split, t.weights, t.biases, t.removed, plan.nodes);
     cx.note(|| {
         format!(
-            "quantised {nodes} node(s) ({scheme}): {a} activation QDQ pair(s), {w} int8 weight(s), {b} int32 bias(es), \
-             {r} Relu/Clip removed; weights {:.1} KiB -> {:.1} KiB ({ratio:.2}x smaller)",
+            "quantised {nodes} node(s) ({scheme}): {a} activation QDQ pair(s) (+{sp} for further readers), \
+             {w} int8 weight(s), {b} int32 bias(es), {r} Relu/Clip removed; weights {:.1} KiB -> {:.1} KiB \
+             ({ratio:.2}x smaller)",
             t.bytes_before as f64 / 1024.0,
             t.bytes_after as f64 / 1024.0
         )
     });
-    Ok(a + w + b + r)
+    Ok(a + sp + w + b + r)
 }
 
 #[cfg(test)]
@@ -1989,6 +2074,52 @@ mod tests {
         for f in &feeds {
             let (want, got) = (eval(&base, f), eval(&m, f));
             assert!(cosine(&want, &got) > 0.99, "cosine {}", cosine(&want, &got));
+        }
+    }
+
+    #[test]
+    fn every_reader_of_a_quantised_tensor_gets_its_own_pair() {
+        // x -> Relu -> {MatMul Wq, MatMul Wk, Add} -> Add -> Add -> y: the Relu output has three readers.
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::F32, vec![Dim::known(4), Dim::known(16)]).unwrap();
+        let wq = b.init_f32("Wq", &[16, 16], &randn(256, 21)).unwrap();
+        let wk = b.init_f32("Wk", &[16, 16], &randn(256, 22)).unwrap();
+        let r = b.op(Op::Relu, &[x], vec![]).unwrap();
+        let q = b.op(Op::MatMul, &[r, wq], vec![]).unwrap();
+        let k = b.op(Op::MatMul, &[r, wk], vec![]).unwrap();
+        let qk = b.op(Op::Add, &[q, k], vec![]).unwrap();
+        let y = b.op(Op::Add, &[qk, r], vec![]).unwrap();
+        b.output(y, "y", None).unwrap();
+        let base = Model::new(b.finish(), 17);
+        let feeds: Vec<HashMap<String, Value>> =
+            (0..4).map(|i| [("x".to_string(), f32_value(&[4, 16], &randn(64, 70 + i)))].into()).collect();
+        let quantise = |pipeline: &str| {
+            let mut m = base.clone();
+            run_with(&mut m, pipeline, feeds.clone());
+            m
+        };
+        let (split, shared) = (quantise("quant-w8"), quantise("quant-w8(split=false)"));
+        let g = &split.graph;
+        let relu_out = g.nodes().find(|&n| g.node(n).op == Op::Relu).map(|n| g.node(n).outputs()[0].unwrap());
+        // With split, the Relu output feeds three Qs, each read by one DQ read by one node, and
+        // no two pairs share a scale initializer.
+        let qs: Vec<NodeId> = g.uses(relu_out.unwrap()).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(qs.len(), 3);
+        let mut scales = HashSet::new();
+        for &qn in &qs {
+            assert_eq!(g.node(qn).op, Op::QuantizeLinear);
+            assert!(scales.insert(g.node(qn).input(1).unwrap()), "pairs share a scale initializer");
+            let dqs = g.uses(g.node(qn).outputs()[0].unwrap());
+            assert_eq!(dqs.len(), 1);
+            assert_eq!(g.uses(g.node(dqs[0].0).outputs()[0].unwrap()).len(), 1);
+        }
+        let sg = &shared.graph;
+        let relu_out = sg.nodes().find(|&n| sg.node(n).op == Op::Relu).map(|n| sg.node(n).outputs()[0].unwrap());
+        assert_eq!(sg.uses(relu_out.unwrap()).len(), 1);
+        assert_eq!(ops(&split)["QuantizeLinear"], ops(&shared)["QuantizeLinear"] + 2);
+        // Same parameters: the two models compute the same values.
+        for f in &feeds {
+            assert_eq!(eval(&split, f), eval(&shared, f));
         }
     }
 
