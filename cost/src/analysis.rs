@@ -103,6 +103,15 @@ pub struct Analysis {
 /// Unbound symbols take [`UNBOUND_DIM_DEFAULT`] and are listed in [`Analysis::unbound_dims`].
 /// If/Loop/Scan bodies are counted once (flagged); of an If's branches, the costlier is counted.
 pub fn analyze(graph: &Graph, opset: i64, dims: &HashMap<String, i64>) -> Analysis {
+    analyze_with(graph, opset, dims, true)
+}
+
+/// [`analyze`] for a runtime that fuses a QDQ group (`DequantizeLinear` inputs, the op, its
+/// `QuantizeLinear`) into an integer kernel only when `qdq_shared_fused` or when every quantised
+/// activation the op reads has no other reader: otherwise the op computes in float and its
+/// weight's `DequantizeLinear` runs on every call (onnxruntime 1.32's CPU provider, see
+/// [`crate::Target::qdq_shared_inputs_fused`]).
+pub fn analyze_with(graph: &Graph, opset: i64, dims: &HashMap<String, i64>, qdq_shared_fused: bool) -> Analysis {
     // Bind the user's dims in the declared types before inference, so that shapes the symbolic
     // arithmetic cannot express (a strided Conv over `height`) come out as numbers.
     let bound;
@@ -112,7 +121,7 @@ pub fn analyze(graph: &Graph, opset: i64, dims: &HashMap<String, i64>) -> Analys
         bound = bind_dims(graph, dims);
         &bound
     };
-    let mut cx = Ctx { dims, opset, unbound: BTreeSet::new() };
+    let mut cx = Ctx { dims, opset, unbound: BTreeSet::new(), qdq_shared_fused };
     let scope = Scope { g: graph, facts: infer::infer(graph, opset), parent: None, prefix: String::new() };
     let mut nodes = Vec::new();
     let mut outs = Vec::new();
@@ -459,6 +468,8 @@ struct Ctx<'d> {
     dims: &'d HashMap<String, i64>,
     opset: i64,
     unbound: BTreeSet<String>,
+    /// Whether the runtime fuses QDQ groups whose quantised inputs have other readers too.
+    qdq_shared_fused: bool,
 }
 
 /// One graph level: its facts, and the enclosing scope for values read from outside.
@@ -549,6 +560,35 @@ impl<'a> Scope<'a> {
         node.op == Op::DequantizeLinear && node.input(0).and_then(|x| self.const_tensor(x)).is_some()
     }
 
+    /// Whether the runtime leaves node `n` unfused because a quantised activation it reads
+    /// (through a `DequantizeLinear` of a `QuantizeLinear` output) has other readers: of the DQ
+    /// output, or of the quantised tensor itself.
+    fn qdq_blocked(&self, n: NodeId, cx: &Ctx<'_>) -> bool {
+        if cx.qdq_shared_fused {
+            return false;
+        }
+        self.g.node(n).inputs().iter().flatten().any(|&v| {
+            let Some((p, _)) = self.g.producer(v) else { return false };
+            let pn = self.g.node(p);
+            pn.op == Op::DequantizeLinear
+                && !self.is_weight_dq(p)
+                && (self.g.uses(v).len() > 1 || pn.input(0).is_some_and(|q| self.g.uses(q).len() > 1))
+        })
+    }
+
+    /// Whether weight `DequantizeLinear` `n` is folded into its readers (they read the quantised
+    /// weight): it is a weight DQ and no reader is left unfused by [`Self::qdq_blocked`].
+    fn weight_dq_folded(&self, n: NodeId, cx: &Ctx<'_>) -> bool {
+        self.is_weight_dq(n)
+            && self
+                .g
+                .node(n)
+                .outputs()
+                .iter()
+                .flatten()
+                .all(|&o| self.g.uses(o).iter().all(|&(r, _)| !self.qdq_blocked(r, cx)))
+    }
+
     fn shape(&self, v: ValueId, cx: &mut Ctx<'_>, flags: &mut BTreeSet<Flag>) -> Option<Vec<f64>> {
         let shape = self.ty(v)?.shape()?;
         Some(shape.iter().map(|d| eval_dim(d, cx, flags)).collect())
@@ -564,6 +604,9 @@ impl<'a> Scope<'a> {
             let pn = self.g.node(p);
             if pn.op == Op::DequantizeLinear {
                 if self.is_weight_dq(p) {
+                    if !self.weight_dq_folded(p, cx) {
+                        return Operand { name: self.qual(v), dtype, shape, numel, weight, dq_from };
+                    }
                     let bytes: f64 =
                         pn.inputs().iter().flatten().filter_map(|&x| self.const_tensor(x)).map(tensor_bytes).sum();
                     let qd = pn.input(0).and_then(|x| self.const_tensor(x)).map(|t| t.dtype).unwrap_or(DType::I8);
@@ -619,8 +662,14 @@ impl<'a> Scope<'a> {
     fn node_cost(&self, n: NodeId, cx: &mut Ctx<'_>) -> NodeCost {
         let node = self.g.node(n);
         let mut flags = BTreeSet::new();
-        let ins: Vec<Option<Operand>> =
+        let mut ins: Vec<Option<Operand>> =
             node.inputs().iter().map(|v| v.map(|v| self.operand(v, cx, &mut flags))).collect();
+        // A QDQ group the runtime does not fuse computes in float.
+        if self.qdq_blocked(n, cx) {
+            for o in ins.iter_mut().flatten() {
+                o.dq_from = None;
+            }
+        }
         let outs: Vec<Option<Operand>> =
             node.outputs().iter().map(|v| v.map(|v| self.operand(v, cx, &mut flags))).collect();
         let kind = classify(&node.op);
@@ -635,7 +684,7 @@ impl<'a> Scope<'a> {
             free: false,
             flags: Vec::new(),
         };
-        let folded = self.is_weight_dq(n);
+        let folded = self.weight_dq_folded(n, cx);
         // A Cast to the type it already has is a no-op every runtime removes.
         let first_dtype = |v: &[Option<Operand>]| v.first().and_then(|o| o.as_ref()).and_then(|o| o.dtype);
         let noop_cast = matches!(node.op, Op::Cast | Op::CastLike)

@@ -2,7 +2,7 @@
 //! aggregations.
 
 use crate::Precision;
-use crate::analysis::{Analysis, Flag, NodeCost, analyze};
+use crate::analysis::{Analysis, Flag, NodeCost, analyze_with};
 use crate::target::{Figures, Target};
 use optc_ir::Graph;
 use serde::Serialize;
@@ -281,7 +281,7 @@ pub fn report(analysis: &Analysis, target: &Target) -> Report {
 
 /// Analyses `graph` (symbolic dims bound from `dims`) and costs it on `target`.
 pub fn estimate(graph: &Graph, opset: i64, target: &Target, dims: &HashMap<String, i64>) -> Report {
-    let analysis = analyze(graph, opset, dims);
+    let analysis = analyze_with(graph, opset, dims, target.qdq_shared_inputs_fused);
     if target.fused_activations || target.fused_epilogues || target.fused_composites {
         let groups = analysis.runtime_groups(target.fused_activations, target.fused_epilogues, target.fused_composites);
         if let Ok(fused) = analysis.fuse(&groups) {

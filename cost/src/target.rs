@@ -62,6 +62,13 @@ pub struct Target {
     /// kernel. See [`crate::Analysis::runtime_groups`].
     #[serde(default)]
     pub fused_composites: bool,
+    /// Whether the runtime fuses a QDQ group (`DequantizeLinear` inputs -> op -> `QuantizeLinear`)
+    /// into an integer kernel when a quantised activation it reads has other readers too. When
+    /// false, such an op computes in float and its weight's `DequantizeLinear` runs on every call:
+    /// onnxruntime 1.32's CPU provider fuses a QDQ MatMul or Conv only when the quantised tensor
+    /// has that one reader. Default true.
+    #[serde(default = "yes")]
+    pub qdq_shared_inputs_fused: bool,
     /// Per-op factor on `eff_compute` and `eff_memory` for kernels the runtime implements far
     /// from the device's usual efficiency (keys as in `native_ops`; 1 = as the rest). Measured:
     /// onnxruntime 1.32's one-thread CPU `SkipLayerNormalization` runs at about 0.15 of
@@ -152,6 +159,10 @@ fn all_ops() -> Vec<String> {
     vec!["*".into()]
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Errors loading or validating a target.
 #[derive(Debug, Error)]
 pub enum TargetError {
@@ -234,6 +245,7 @@ impl Target {
                 fused_activations: false,
                 fused_epilogues: false,
                 fused_composites: false,
+                qdq_shared_inputs_fused: true,
                 op_efficiency: BTreeMap::new(),
                 native_ops: all_ops(),
                 native_dtypes: Vec::new(),

@@ -1,6 +1,6 @@
 //! Ops, bytes, bounds, fallback and fusion on small graphs.
 
-use optc_cost::{Bound, Flag, Precision, Target, analyze, estimate, report};
+use optc_cost::{Bound, Flag, Precision, Target, analyze, analyze_with, estimate, report};
 use optc_ir::builder::GraphBuilder;
 use optc_ir::{Attribute, DType, Dim, Graph, Op, Tensor};
 use std::collections::HashMap;
@@ -418,4 +418,58 @@ fn op_efficiency_scales_one_op() {
     assert!((slow / base - 4.0).abs() < 1e-9, "{slow} vs {base}");
     t.op_efficiency.insert("LayerNormalization".into(), -1.0);
     assert!(t.validate("t.toml").is_err());
+}
+
+/// x -> Q -> DQ, read by `readers` MatMuls with int8 per-channel weights (one DQ shared).
+fn qdq_fanout(readers: usize) -> Graph {
+    let (k, n) = (64i64, 32i64);
+    let mut b = GraphBuilder::new("qdq");
+    let x = b.input("x", DType::F32, vec![Dim::known(8), Dim::known(k)]).unwrap();
+    let xs = b.init_f32("xs", &[], &[0.05]).unwrap();
+    let xq = b.op(Op::QuantizeLinear, &[x, xs], vec![]).unwrap();
+    let xd = b.op(Op::DequantizeLinear, &[xq, xs], vec![]).unwrap();
+    for i in 0..readers {
+        let raw = vec![1u8; (k * n) as usize];
+        let name = format!("w{i}");
+        let wq = b
+            .graph
+            .add_initializer(&name, Tensor::from_raw(Some(name.clone()), DType::I8, vec![k, n], raw.into()))
+            .unwrap();
+        let ws = b.init_f32(&format!("ws{i}"), &[n], &vec![0.01; n as usize]).unwrap();
+        let w = b.op(Op::DequantizeLinear, &[wq, ws], vec![Attribute::int("axis", 1)]).unwrap();
+        let y = b.op(Op::MatMul, &[xd, w], vec![]).unwrap();
+        b.output(y, &format!("y{i}"), None).unwrap();
+    }
+    b.finish()
+}
+
+#[test]
+fn shared_quantised_inputs_leave_qdq_groups_in_float_where_the_runtime_does() {
+    let matmuls = |a: &optc_cost::Analysis| -> Vec<Precision> {
+        a.nodes.iter().filter(|c| c.op == "MatMul").map(|c| c.precision).collect()
+    };
+    // One reader: an integer kernel either way, the weight read as int8.
+    for fused in [true, false] {
+        let a = analyze_with(&qdq_fanout(1), 21, &no_dims(), fused);
+        assert_eq!(matmuls(&a), vec![Precision::Int8]);
+        let mm = a.nodes.iter().find(|c| c.op == "MatMul").unwrap();
+        assert_eq!(mm.weight_bytes, 64.0 * 32.0 + 32.0 * 4.0);
+    }
+    // Two readers of one quantised tensor: int8 only where the runtime fuses shared inputs.
+    let a = analyze_with(&qdq_fanout(2), 21, &no_dims(), true);
+    assert_eq!(matmuls(&a), vec![Precision::Int8; 2]);
+    let a = analyze_with(&qdq_fanout(2), 21, &no_dims(), false);
+    assert_eq!(matmuls(&a), vec![Precision::F32; 2]);
+    let dqs: Vec<&optc_cost::NodeCost> = a.nodes.iter().filter(|c| c.op == "DequantizeLinear").collect();
+    assert_eq!(dqs.len(), 3);
+    // The weight DQs run on every call: they are not free, and the MatMuls read float weights.
+    assert!(dqs.iter().filter(|c| !c.free).count() == 3, "{dqs:?}");
+    assert!(a.nodes.iter().filter(|c| c.op == "MatMul").all(|c| c.weight_bytes == 0.0));
+    // The built-in cpu target (onnxruntime's CPU provider) does not fuse them.
+    assert!(!Target::cpu().qdq_shared_inputs_fused);
+    let (one, two) = (
+        estimate(&qdq_fanout(1), 21, &Target::cpu(), &no_dims()).totals.time_s,
+        estimate(&qdq_fanout(2), 21, &Target::cpu(), &no_dims()).totals.time_s,
+    );
+    assert!(two > 2.0 * one, "two unfused readers {two} vs one fused {one}");
 }
