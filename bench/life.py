@@ -21,7 +21,10 @@
    `optc cost --json` on the micro models themselves, and eff_compute, eff_memory and
    launch_overhead_us of the built-in cpu target are fitted (closed form, iterated: overhead from
    the chain, then eff_memory = sum(bytes) / (BW * sum(memory-bound time)), eff_compute likewise);
-   TOPS and bandwidth stay as `optc targets --show cpu` has them.  The result is written to
+   TOPS and bandwidth stay as `optc targets --show cpu` has them.  Then `op_efficiency` factors
+   against that roofline: onnxruntime's SkipLayerNormalization (Add + LayerNormalization), its
+   4-bit MatMulNBits, and one elementwise kernel each of Erf, Tanh, Sigmoid, Softmax, Gelu and
+   BiasGelu on [512, 2048] (kind "op:KEY").  The result is written to
    OUT_DIR/cpu-calibrated.toml and checked with `optc cost ... --target` that file.
 4. Prediction: `optc cost MODEL --json --target OUT_DIR/cpu-calibrated.toml --dim ...` on each
    evaluation model (and the built-in `cpu` for comparison).  The cache models are given to optc
@@ -256,7 +259,30 @@ def micro_models(seed: int):
         return g.h.make_model(gr, opset_imports=[g.h.make_opsetid("", OPSET), g.h.make_opsetid("com.microsoft", 1)],
                               producer_name="optc-bench-life")
 
+    def unary(op, rows, width, s, domain=""):
+        # One elementwise kernel whose per-element work is far from an Add's (transcendentals, row
+        # reductions): its `op_efficiency` against the fitted roofline.
+        g = G(f"micro_{op.lower()}_{rows}x{width}", s)
+        x = g.input("x", [rows, width])
+        ins = [x]
+        if op == "BiasGelu":
+            ins.append(g.const((g.rng.standard_normal(width) * 0.1).astype(np.float32), "bias"))
+        attrs = {"axis": -1} if op == "Softmax" else {}
+        y = g.uid("y")
+        g.nodes.append(g.h.make_node(op, ins, [y], name=g.uid(op), domain=domain, **attrs))
+        g.outputs.append(g.h.make_tensor_value_info(y, g.TP.FLOAT, [rows, width]))
+        gr = g.h.make_graph(g.nodes, g.name, g.inputs, g.outputs, g.inits)
+        opsets = [g.h.make_opsetid("", OPSET)] + ([g.h.make_opsetid(domain, 1)] if domain else [])
+        return g.h.make_model(gr, opset_imports=opsets, producer_name="optc-bench-life")
+
+    # op_efficiency micro-benchmarks: kind "op:KEY", KEY as in the target's [op_efficiency]; 1M elements
+    # (8 MB of traffic: in the cpu target's cache).
+    ms = "com.microsoft"
+    opeff = [("Erf", ""), ("Tanh", ""), ("Sigmoid", ""), ("Softmax", ""), ("Gelu", ms), ("BiasGelu", ms)]
     return [
+        *[(f"micro_{op.lower()}_512x2048", f"op:{dom + '::' if dom else ''}{op}",
+           (lambda op=op, dom=dom, i=i: unary(op, 512, 2048, seed + 110 + i, dom)))
+          for i, (op, dom) in enumerate(opeff)],
         ("micro_addln_512x768", "skipnorm", lambda: add_ln(512, 768, seed + 107)),
         ("micro_nbits_256x2048x2048", "nbits", lambda: nbits(256, 2048, 2048, seed + 108)),
         ("micro_matmul_1024", "compute", lambda: matmul(1024, 1024, 1024, False, seed + 101)),
@@ -556,11 +582,22 @@ def fit(micro: list[dict], base: dict) -> dict:
         roof_t = sum(sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * bw)) for n in m["nodes"]) for m in nb)
         t = sum(max(1e-9, m["measured_ms"] * 1e-3 - launches(m["nodes"]) * lo) for m in nb)
         nbits_k = min(10.0, max(1e-3, roof_t / t))
-    res = {"eff_compute": ec, "eff_memory": em, "launch_overhead_us": lo * 1e6, "cache_bw_gbs": cache_bw,
-           "skipnorm_efficiency": skip_k, "nbits_efficiency": nbits_k, "micro": []}
+    # Elementwise kernels far from an Add's speed per element (kind "op:KEY"): their op_efficiency, each
+    # against the fitted roofline with its activations in the cache.
+    opeff = {}
     for m in micro:
-        mbw = bw if m["kind"] not in ("cache", "skipnorm") or cache_bw <= 0 else cache_bw * 1e9
-        k = {"skipnorm": skip_k, "nbits": nbits_k}.get(m["kind"]) or 1.0
+        if not m["kind"].startswith("op:"):
+            continue
+        sbw = cache_bw * 1e9 if cache_bw > 0 else bw
+        roof_t = sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * sbw)) for n in m["nodes"])
+        t = max(1e-9, m["measured_ms"] * 1e-3 - launches(m["nodes"]) * lo)
+        opeff[m["kind"][3:]] = min(10.0, max(1e-3, roof_t / t))
+    res = {"eff_compute": ec, "eff_memory": em, "launch_overhead_us": lo * 1e6, "cache_bw_gbs": cache_bw,
+           "skipnorm_efficiency": skip_k, "nbits_efficiency": nbits_k, "op_efficiency": opeff, "micro": []}
+    for m in micro:
+        cached = m["kind"] in ("cache", "skipnorm") or m["kind"].startswith("op:")
+        mbw = bw if not cached or cache_bw <= 0 else cache_bw * 1e9
+        k = {"skipnorm": skip_k, "nbits": nbits_k, **{f"op:{key}": v for key, v in opeff.items()}}.get(m["kind"]) or 1.0
         pred = (sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * mbw)) for n in m["nodes"]) / k
                 + launches(m["nodes"]) * lo)
         res["micro"].append({"model": m["model"], "kind": m["kind"], "measured_ms": m["measured_ms"],
@@ -587,10 +624,13 @@ def write_target(base_text: str, fitres: dict, path: str, machine: str) -> None:
         k = fitres["skipnorm_efficiency"]
         for key in ('"com.microsoft::SkipLayerNormalization"', '"Fused[Add+LayerNormalization]"'):
             t = re.sub(rf'^{re.escape(key)}\s*=.*$', f"{key} = {k:.4f}", t, count=1, flags=re.M)
+    keyed = dict(fitres.get("op_efficiency") or {})
     if fitres.get("nbits_efficiency"):
-        line = f'"com.microsoft::MatMulNBits" = {fitres["nbits_efficiency"]:.4f}'
-        if re.search(r'^"com.microsoft::MatMulNBits"\s*=', t, flags=re.M):
-            t = re.sub(r'^"com.microsoft::MatMulNBits"\s*=.*$', line, t, count=1, flags=re.M)
+        keyed["com.microsoft::MatMulNBits"] = fitres["nbits_efficiency"]
+    for key, k in keyed.items():
+        line = f'"{key}" = {k:.4f}'
+        if re.search(rf'^"{re.escape(key)}"\s*=', t, flags=re.M):
+            t = re.sub(rf'^"{re.escape(key)}"\s*=.*$', line, t, count=1, flags=re.M)
         elif re.search(r'^\[op_efficiency\]\s*$', t, flags=re.M):
             t = re.sub(r'^\[op_efficiency\]\s*$', "[op_efficiency]\n" + line, t, count=1, flags=re.M)
         else:
@@ -921,6 +961,10 @@ def report_lines(res: dict, out_rel: str, cmd: str | None = None) -> list[str]:
           + (f"; `op_efficiency` of the runtime's skip-normalisation kernel (Add + LayerNormalization, which "
              f"onnxruntime fuses into SkipLayerNormalization) = **{fr['skipnorm_efficiency']:.3f}** of that roofline"
              if fr.get("skipnorm_efficiency") else "")
+          + ("; `op_efficiency` of the elementwise kernels far from an Add's speed per element (each alone, "
+             "activations in the cache; a fused row takes its slowest member's): "
+             + ", ".join(f"{k} **{v:.3f}**" for k, v in sorted(fr["op_efficiency"].items()))
+             if fr.get("op_efficiency") else "")
           + f". Target file: `{out_rel}/cpu-calibrated.toml`.")
         w("")
     rows = [r for r in res.get("models", [])]

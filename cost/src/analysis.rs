@@ -199,7 +199,8 @@ impl Analysis {
     ///   nodes reaches through elementwise ops whose other inputs are constants or values of the
     ///   region, not past a value read twice (which starts the next composite; LayerNorm's
     ///   centred `x - mean(x)` excepted), when it holds a `ReduceMean`, `Erf` or `Tanh` and at
-    ///   least four nodes. An `Add` of two activations that produces the region's input and is
+    ///   least four nodes (an erf GELU only with `x / sqrt(2)` written as a Div, the form
+    ///   runtimes match). An `Add` of two activations that produces the region's input and is
     ///   read only by it joins it (the residual of a SkipLayerNormalization), as it joins a
     ///   `LayerNormalization` (or simplified / RMS normalisation) op that is its only reader.
     ///
@@ -325,6 +326,20 @@ impl Analysis {
                     }
                 }
                 if region.len() < 4 || !region.iter().any(|&j| SEEDS.contains(&self.nodes[j].op.as_str())) {
+                    continue;
+                }
+                // An erf GELU (no ReduceMean) is one kernel only in the form exporters write and
+                // runtimes match: `x / sqrt(2)` by a Div (onnxruntime's GeluFusion matches no
+                // other; `x * (1 / sqrt(2))` stays five kernels).
+                let is_norm = region.iter().any(|&j| self.nodes[j].op == "ReduceMean");
+                let erf_by_div = |j: usize| {
+                    self.nodes[j]
+                        .inputs
+                        .first()
+                        .and_then(|t| producer.get(t.value.as_str()))
+                        .is_some_and(|&p| self.nodes[p].op == "Div" && region.contains(&p))
+                };
+                if !is_norm && region.iter().any(|&j| self.nodes[j].op == "Erf" && !erf_by_div(j)) {
                     continue;
                 }
                 if let Some(&h) = producer.get(root)

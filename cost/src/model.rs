@@ -68,9 +68,21 @@ impl Target {
     /// The factor `op_efficiency` sets for `op` (`com.microsoft::SkipLayerNormalization`, the
     /// bare op type, or a fused row's printed form such as `Fused[Add+LayerNormalization]`), 1
     /// when none is set.
+    ///
+    /// A fused row without a factor of its own runs at its slowest member's: the composite GELU
+    /// `Fused[Div+Erf+Add+Mul+Mul]` at `Erf`'s.
     pub fn op_efficiency_of(&self, op: &str) -> f64 {
-        let bare = if op.starts_with("Fused[") { op } else { op.rsplit("::").next().unwrap_or(op) };
-        self.op_efficiency.get(op).or_else(|| self.op_efficiency.get(bare)).copied().filter(|k| *k > 0.0).unwrap_or(1.0)
+        let own = |op: &str| -> Option<f64> {
+            let bare = if op.starts_with("Fused[") { op } else { op.rsplit("::").next().unwrap_or(op) };
+            self.op_efficiency.get(op).or_else(|| self.op_efficiency.get(bare)).copied().filter(|k| *k > 0.0)
+        };
+        if let Some(k) = own(op) {
+            return k;
+        }
+        match op.strip_prefix("Fused[").and_then(|r| r.strip_suffix(']')) {
+            Some(inner) => inner.split('+').filter_map(own).fold(1.0, f64::min),
+            None => 1.0,
+        }
     }
 
     fn runs_fused(&self, cost: &NodeCost) -> bool {

@@ -473,3 +473,47 @@ fn shared_quantised_inputs_leave_qdq_groups_in_float_where_the_runtime_does() {
     );
     assert!(two > 2.0 * one, "two unfused readers {two} vs one fused {one}");
 }
+
+#[test]
+fn a_fused_row_takes_its_slowest_members_efficiency() {
+    let mut t = Target::cpu();
+    t.op_efficiency.clear();
+    t.op_efficiency.insert("Erf".into(), 0.25);
+    t.op_efficiency.insert("Fused[Add+LayerNormalization]".into(), 0.5);
+    assert_eq!(t.op_efficiency_of("Erf"), 0.25);
+    assert_eq!(t.op_efficiency_of("Fused[Div+Erf+Add+Mul+Mul]"), 0.25);
+    assert_eq!(t.op_efficiency_of("Fused[Add+LayerNormalization]"), 0.5);
+    assert_eq!(t.op_efficiency_of("Fused[MatMul+Add]"), 1.0);
+    assert_eq!(t.op_efficiency_of("Add"), 1.0);
+}
+
+/// x [s, h] -> erf GELU, `x / sqrt(2)` as a Div or as a Mul by `1 / sqrt(2)`.
+fn gelu_graph(div: bool) -> Graph {
+    let mut b = GraphBuilder::new("gelu");
+    let x = b.input("x", DType::F32, vec![Dim::known(128), Dim::known(256)]).unwrap();
+    let y = b.op(Op::Relu, &[x], vec![]).unwrap();
+    let scaled = if div {
+        let c = b.init_f32("sqrt2", &[], &[std::f32::consts::SQRT_2]).unwrap();
+        b.op(Op::Div, &[y, c], vec![]).unwrap()
+    } else {
+        let c = b.init_f32("rsqrt2", &[], &[std::f32::consts::FRAC_1_SQRT_2]).unwrap();
+        b.op(Op::Mul, &[y, c], vec![]).unwrap()
+    };
+    let e = b.op(Op::Erf, &[scaled], vec![]).unwrap();
+    let one = b.init_f32("one", &[], &[1.0]).unwrap();
+    let a = b.op(Op::Add, &[e, one], vec![]).unwrap();
+    let m = b.op(Op::Mul, &[y, a], vec![]).unwrap();
+    let half = b.init_f32("half", &[], &[0.5]).unwrap();
+    let out = b.op(Op::Mul, &[m, half], vec![]).unwrap();
+    b.output(out, "y", None).unwrap();
+    b.finish()
+}
+
+#[test]
+fn only_the_div_form_of_the_erf_gelu_is_one_kernel() {
+    let groups = |div: bool| analyze(&gelu_graph(div), 17, &no_dims()).runtime_groups(false, false, true);
+    let g = groups(true);
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!(g[0].len(), 5);
+    assert!(groups(false).is_empty(), "x * (1/sqrt 2) is not matched by the runtime");
+}
