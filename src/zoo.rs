@@ -62,7 +62,14 @@ Options: layers=2, hidden=128, heads=4, ffn=4*hidden, vocab=1000, max_pos=256",
         "llama",
         "LLaMA-shaped decoder, prefill without KV cache, inputs input_ids/attention_mask [batch,seq]: decomposed RMSNorm, \
 RoPE (rotate_half), grouped-query attention (K/V repeated by Expand+Reshape), causal mask, SwiGLU MLP, lm_head; \
-output logits. Options: layers=2, hidden=128, heads=4, kv_heads=2, ffn=344, vocab=1000, max_pos=256, rope_base=10000",
+output logits. By default every weight is i.i.d. uniform, so layer inputs are nearly isotropic. outliers=K gives \
+K hidden channels (seeded) outlier_scale times the others' magnitude in the embedding and in the input of every \
+linear layer after an RMSNorm (outlier features: Dettmers et al. 2022, LLM.int8(); Wei et al. 2022). rank=R makes the \
+embedding anisotropic: per token 50% of the energy in one shared mean direction, 40% in a random R-dimensional \
+subspace, 10% i.i.d. noise (Ethayarajh 2019; Gao et al. 2019). trained_stats=1 sets outliers to ceil(hidden/128) \
+(about 0.8% of the channels) and rank to hidden/8 where they are not given; the other weights stay the same. \
+Options: layers=2, hidden=128, heads=4, kv_heads=2, ffn=344, vocab=1000, max_pos=256, rope_base=10000, \
+trained_stats=0, outliers=0, outlier_scale=20, rank=0",
     ),
     (
         "llama-kv",
@@ -107,6 +114,10 @@ const LLAMA_OPTS: &[(&str, &str)] = &[
     ("vocab", "1000"),
     ("max_pos", "256"),
     ("rope_base", "10000"),
+    ("trained_stats", "0"),
+    ("outliers", "0"),
+    ("outlier_scale", "20"),
+    ("rank", "0"),
 ];
 const LLAMA_KV_OPTS: &[(&str, &str)] = &[
     ("layers", "2"),
@@ -225,6 +236,24 @@ impl Opts {
     /// A positive integer option whose default depends on other options.
     fn int_or(&self, key: &str, default: i64) -> Result<i64, String> {
         if self.given.contains_key(key) { self.int(key) } else { Ok(default) }
+    }
+
+    /// A non-negative integer option; `default` when not given.
+    fn count_or(&self, key: &str, default: i64) -> Result<i64, String> {
+        let Some(s) = self.given.get(key) else { return Ok(default) };
+        match s.parse::<i64>() {
+            Ok(v) if v >= 0 => Ok(v),
+            _ => Err(format!("{}: option {key}={s} must be a non-negative integer", self.family)),
+        }
+    }
+
+    /// A 0/1 switch.
+    fn switch(&self, key: &str) -> Result<bool, String> {
+        match self.text(key) {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            s => Err(format!("{}: option {key}={s} must be 0 or 1", self.family)),
+        }
     }
 
     /// A positive number option.
@@ -418,9 +447,22 @@ impl Net {
         self.op(scope, Op::Add, &[m, b], vec![])
     }
 
-    /// HF's RMSNorm: weight * (x * 1/sqrt(mean(x^2) + eps)).
-    fn rms_norm(&mut self, scope: &str, x: ValueId, wname: &str, dim: i64, eps: f32) -> Res<ValueId> {
-        let w = self.around(wname, &[dim], 1.0, 0.1)?;
+    /// HF's RMSNorm: weight * (x * 1/sqrt(mean(x^2) + eps)). The gains of the channels in
+    /// `boost.0` are multiplied by `boost.1` (after the same draws as without).
+    fn rms_norm(
+        &mut self,
+        scope: &str,
+        x: ValueId,
+        wname: &str,
+        dim: i64,
+        eps: f32,
+        boost: (&[usize], f32),
+    ) -> Res<ValueId> {
+        let mut g: Vec<f32> = self.rng.vec(dim as usize, 0.1).iter().map(|v| 1.0 + v).collect();
+        for &c in boost.0 {
+            g[c] *= boost.1;
+        }
+        let w = self.init_f32(wname, &[dim], &g)?;
         let two = self.cf(scope, 2.0)?;
         let sq = self.op(scope, Op::Pow, &[x, two], vec![])?;
         let var = self.op(
@@ -1096,11 +1138,28 @@ fn llama(seed: u64, o: &Opts) -> Res<Model> {
     o.check(d % 2 == 0, || format!("the head size hidden/heads={d} must be even for RoPE"))?;
     let rep = heads / kv_heads;
     let eps = 1e-6;
+    let trained = o.switch("trained_stats")?;
+    let outliers = o.count_or("outliers", if trained { (hidden + 127) / 128 } else { 0 })?;
+    let rank = o.count_or("rank", if trained { (hidden / 8).max(1) } else { 0 })?;
+    let outlier_scale = o.float("outlier_scale")?;
+    o.check(outliers <= hidden, || format!("outliers={outliers} is more than hidden={hidden} channels"))?;
+    o.check(rank <= hidden, || format!("rank={rank} is more than hidden={hidden}"))?;
+    o.check((vocab as u128) * (hidden as u128) * (rank as u128) <= 1 << 33, || {
+        format!("rank={rank} with vocab={vocab} and hidden={hidden} is too large to generate; choose a smaller rank")
+    })?;
+    o.check((1.0..=1e4).contains(&outlier_scale), || {
+        format!("outlier_scale={outlier_scale} must be between 1 and 10000")
+    })?;
     let mut n = Net::new("llama", seed);
     let ids = token_input(&mut n, "input_ids")?;
     let mask = token_input(&mut n, "attention_mask")?;
     let m = "/model";
-    let embed = n.uniform("model.embed_tokens.weight", &[vocab, hidden], 1.0)?;
+    // The i.i.d. draw is the embedding as it is, or the noise part of the structured one, so
+    // every other weight is the same with and without the statistics options.
+    let noise = n.rng.vec((vocab * hidden) as usize, 1.0);
+    let mut stats = TrainedStats::new(seed, hidden as usize, outliers as usize, rank as usize, outlier_scale as f32);
+    let embed = n.init_f32("model.embed_tokens.weight", &[vocab, hidden], &stats.embedding(noise))?;
+    let boost = (stats.channels.as_slice(), stats.gain);
     let mut h = n.op(&format!("{m}/embed_tokens"), Op::Gather, &[embed, ids], vec![Attribute::int("axis", 0)])?;
     let pids = position_ids(&mut n, m, ids)?;
     // RoPE tables: emb = cat(freqs, freqs), freqs[p, j] = p / base^(2j/d).
@@ -1132,7 +1191,8 @@ fn llama(seed: u64, o: &Opts) -> Res<Model> {
     let attn_mask = n.op(m, Op::Where, &[pm, cm, fill], vec![])?;
     for i in 0..layers {
         let (s, p) = (format!("{m}/layers.{i}"), format!("model.layers.{i}"));
-        let y = n.rms_norm(&format!("{s}/input_layernorm"), h, &format!("{p}.input_layernorm.weight"), hidden, eps)?;
+        let y =
+            n.rms_norm(&format!("{s}/input_layernorm"), h, &format!("{p}.input_layernorm.weight"), hidden, eps, boost)?;
         let a = format!("{s}/self_attn");
         let pa = format!("{p}.self_attn");
         let q = n.linear(&format!("{a}/q_proj"), y, &format!("{pa}.q_proj"), hidden, heads * d, false)?;
@@ -1177,6 +1237,7 @@ fn llama(seed: u64, o: &Opts) -> Res<Model> {
             &format!("{p}.post_attention_layernorm.weight"),
             hidden,
             eps,
+            boost,
         )?;
         let (ms, mp) = (format!("{s}/mlp"), format!("{p}.mlp"));
         let g = n.linear(&format!("{ms}/gate_proj"), y, &format!("{mp}.gate_proj"), hidden, ffn, false)?;
@@ -1187,10 +1248,77 @@ fn llama(seed: u64, o: &Opts) -> Res<Model> {
         let y = n.linear(&format!("{ms}/down_proj"), gu, &format!("{mp}.down_proj"), ffn, hidden, false)?;
         h = n.op(&s, Op::Add, &[h, y], vec![])?;
     }
-    h = n.rms_norm(&format!("{m}/norm"), h, "model.norm.weight", hidden, eps)?;
+    h = n.rms_norm(&format!("{m}/norm"), h, "model.norm.weight", hidden, eps, boost)?;
     let logits = n.linear("/lm_head", h, "lm_head", hidden, vocab, false)?;
     n.output(logits, "logits", DType::F32, vec![batch(), Dim::sym("seq"), Dim::known(vocab)])?;
     Ok(n.finish())
+}
+
+/// The activation statistics of trained decoders that [`llama`]'s `outliers`, `outlier_scale`
+/// and `rank` options put into the generated weights (drawn from their own seeded stream).
+///
+/// - Outlier features (Dettmers et al. 2022, LLM.int8(): a few hidden channels, about 0.1-1 %,
+///   up to 20x the others' magnitude, the same channels in every layer; Wei et al. 2022: the
+///   norm gains carry them): the `channels`' embedding columns are `scale` times larger, and
+///   their RMSNorm gains are multiplied by `gain`, the factor by which those columns raise the
+///   RMS the norm divides by, so the input of every linear layer after a norm carries them
+///   at `scale` times the others too.
+/// - Anisotropy and low effective rank (Ethayarajh 2019; Gao et al. 2019, representation
+///   degeneration): with `rank` R > 0, token t's embedding row is, in shares of its energy,
+///   50 % one shared mean direction, 40 % a point of a random R-dimensional subspace and 10 %
+///   i.i.d. noise, at the i.i.d. draw's overall magnitude (two random tokens' cosine is about 0.5).
+struct TrainedStats {
+    rng: Rng,
+    hidden: usize,
+    rank: usize,
+    scale: f32,
+    channels: Vec<usize>,
+    gain: f32,
+}
+
+impl TrainedStats {
+    fn new(seed: u64, hidden: usize, outliers: usize, rank: usize, scale: f32) -> TrainedStats {
+        let mut rng = Rng::new(seed ^ 0x6F75_746C_6965_7273);
+        // K distinct channels: a seeded partial Fisher-Yates shuffle.
+        let mut all: Vec<usize> = (0..hidden).collect();
+        for i in 0..outliers {
+            let j = i + (rng.next_u64() % (hidden - i) as u64) as usize;
+            all.swap(i, j);
+        }
+        let mut channels = all[..outliers].to_vec();
+        channels.sort_unstable();
+        let (k, h) = (outliers as f64, hidden as f64);
+        let s2 = scale as f64 * scale as f64;
+        let gain = if outliers == 0 { 1.0 } else { (1.0 + k * (s2 - 1.0) / h).sqrt() as f32 };
+        TrainedStats { rng, hidden, rank, scale, channels, gain }
+    }
+
+    /// The `[vocab, hidden]` embedding from the i.i.d. uniform draw `noise`.
+    fn embedding(&mut self, mut noise: Vec<f32>) -> Vec<f32> {
+        let h = self.hidden;
+        if self.rank > 0 {
+            let r = self.rank;
+            // Unit-RMS components: uniform in [-1, 1) has RMS 1/sqrt(3).
+            let s3 = 3f32.sqrt();
+            let mean: Vec<f32> = self.rng.vec(h, s3);
+            let basis: Vec<f32> = self.rng.vec(h * r, s3);
+            let (wm, wr, wn) = (0.5f32.sqrt(), (0.4f32 / r as f32).sqrt(), 0.1f32.sqrt());
+            for row in noise.chunks_mut(h) {
+                let z: Vec<f32> = self.rng.vec(r, s3);
+                for (c, x) in row.iter_mut().enumerate() {
+                    let low: f32 = (0..r).map(|i| basis[c * r + i] * z[i]).sum();
+                    // back to the i.i.d. draw's RMS (1/sqrt(3))
+                    *x = (wm * mean[c] + wr * low + wn * *x * s3) / s3;
+                }
+            }
+        }
+        for row in noise.chunks_mut(h) {
+            for &c in &self.channels {
+                row[c] *= self.scale;
+            }
+        }
+        noise
+    }
 }
 
 /// Seeded weights for [`llama_kv`]: float, or blocks of 32 with random codes and scales.

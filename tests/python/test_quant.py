@@ -21,7 +21,10 @@ from optc_helpers import describe_run, ort_session, run_optc
 
 MINILM = "paraphrase-MiniLM-L3-v2.onnx"
 LLAMA_SPEC = "llama:layers=2,hidden=256,heads=4,kv_heads=2,ffn=688,vocab=1000"
-SEQ = {"minilm": 16, "llama": 32}
+# The same decoder with the activation statistics of trained ones (outlier channels, anisotropic
+# low-rank embedding; see `optc gen --list`): the model issue 7's W4 bar is measured on.
+LLAMA_TRAINED_SPEC = LLAMA_SPEC + ",trained_stats=1"
+SEQ = {"minilm": 16, "llama": 32, "llama_trained": 32}
 
 
 # ----------------------------------------------------------------------------
@@ -35,6 +38,10 @@ def models(optc_bin, models_dir, tmp_path_factory) -> dict[str, Path]:
     r = run_optc(optc_bin, ["gen", LLAMA_SPEC, "-o", llama])
     assert r.returncode == 0, describe_run(r)
     out["llama"] = llama
+    trained = d / "llama_trained.onnx"
+    r = run_optc(optc_bin, ["gen", LLAMA_TRAINED_SPEC, "-o", trained])
+    assert r.returncode == 0, describe_run(r)
+    out["llama_trained"] = trained
     p = models_dir / MINILM
     if p.is_file():
         out["minilm"] = p
@@ -350,6 +357,28 @@ def test_gptq_beats_rtn_on_held_out_inputs(name, models, optc_bin, outdir: Path,
     print(f"\n{name} block 128 (held-out inputs): GPTQ mse {e_gptq:.4e}, RTN mse {e_rtn:.4e}, "
           f"GPTQ/RTN {e_gptq / e_rtn:.4f}")
     assert e_gptq < e_rtn, (e_gptq, e_rtn)
+
+
+def test_awq_and_gptq_meet_the_bar_on_llama_with_trained_statistics(models, optc_bin, outdir: Path,
+                                                                     tmp_path: Path):
+    """Issue 7's bar on the generated LLaMA with trained decoders' statistics (`trained_stats=1`):
+    AWQ and GPTQ at block 128, calibrated on 64 input sets, at most 0.7x RTN's output error on 4 sets
+    calibration did not see. Measured: AWQ/RTN 0.36, GPTQ/RTN 0.12 (the i.i.d. model above: 0.96,
+    0.87)."""
+    src = models["llama_trained"]
+    calib = write_calib(tmp_path / "calib", [make_feeds("llama_trained", seed) for seed in range(64)], src)
+    rtn, awq, gq = outdir / "rtn.onnx", outdir / "awq.onnx", outdir / "gptq.onnx"
+    optc_quant(optc_bin, src, "quant-w4(block=128)", rtn)
+    log_awq = optc_quant(optc_bin, src, "quant-w4(block=128,method=awq)", awq, ["--calib", calib])
+    log_gq = optc_quant(optc_bin, src, "quant-w4(block=128,method=gptq)", gq, ["--calib", calib])
+    assert "AWQ alpha" in log_awq and "no calibration data" not in log_awq, log_awq
+    assert "GPTQ on" in log_gq and "fell back" not in log_gq, log_gq
+    assert ops(awq)["MatMulNBits"] == ops(gq)["MatMulNBits"] == ops(rtn)["MatMulNBits"] > 0
+    e_rtn, e_awq, e_gptq = held_out_mse(src, [rtn, awq, gq], "llama_trained", range(100, 104))
+    print(f"\nllama trained_stats=1 block 128 (held-out inputs): RTN mse {e_rtn:.4e}, AWQ/RTN {e_awq / e_rtn:.4f}, "
+          f"GPTQ/RTN {e_gptq / e_rtn:.4f}")
+    assert e_awq <= 0.7 * e_rtn, (e_awq, e_rtn)
+    assert e_gptq <= 0.7 * e_rtn, (e_gptq, e_rtn)
 
 
 def test_gptq_shrinkage_helps_with_few_calibration_rows(models, optc_bin, outdir: Path, tmp_path: Path):

@@ -35,6 +35,8 @@ CASES = [
     "gpt2",
     "llama",
     "llama:layers=3,hidden=96,heads=6,kv_heads=3,ffn=256,vocab=700,max_pos=64,rope_base=500000",
+    "llama:trained_stats=1",
+    "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=128,vocab=300,outliers=3,outlier_scale=50,rank=4",
 ]
 FAMILIES = [c for c in CASES if ":" not in c]
 
@@ -169,3 +171,54 @@ def test_zoo_list_names_every_family(optc_bin):
     assert r.returncode == 0, describe_run(r)
     names = {ln.split()[0] for ln in r.stdout.splitlines() if ln.strip()}
     assert set(FAMILIES) <= names, r.stdout
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("llama:outliers=-1", "outliers=-1"),
+    ("llama:outliers=200", "outliers=200"),
+    ("llama:rank=x", "rank=x"),
+    ("llama:rank=129", "rank=129"),
+    ("llama:outlier_scale=0.5", "outlier_scale=0.5"),
+    ("llama:trained_stats=2", "trained_stats=2"),
+])
+def test_zoo_llama_statistics_options_are_checked(optc_bin, tmp_path, spec, needle):
+    out = tmp_path / "m.onnx"
+    r = run_optc(optc_bin, ["gen", spec, "-o", out])
+    assert r.returncode != 0, describe_run(r)
+    assert needle in r.stderr and "llama" in r.stderr, describe_run(r)
+    assert not out.exists()
+
+
+def test_zoo_llama_trained_statistics(optc_bin, tmp_path):
+    """trained_stats=1 changes only the embedding and the RMSNorm gains, and puts the documented
+    statistics there: ceil(256/128) = 2 outlier channels 20x the others in the embedding, their gains
+    raised by sqrt(1 + 2 * (20^2 - 1) / 256); two random tokens' embeddings at a cosine near 0.5."""
+    shape = "llama:layers=2,hidden=256,heads=4,kv_heads=2,ffn=688,vocab=1000"
+    iso, tr = (_gen(optc_bin, spec, tmp_path / f"{i}.onnx") for i, spec in
+               enumerate([shape, shape + ",trained_stats=1"]))
+    w_iso = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(iso)).graph.initializer}
+    w_tr = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(tr)).graph.initializer}
+    assert w_iso.keys() == w_tr.keys()
+    changed = {k for k in w_iso if not np.array_equal(w_iso[k], w_tr[k])}
+    gains = {k for k in w_iso if k.endswith("layernorm.weight") or k == "model.norm.weight"}
+    assert changed == gains | {"model.embed_tokens.weight"}, sorted(changed)
+    emb = w_tr["model.embed_tokens.weight"].astype(np.float64)
+    col = np.sqrt(np.mean(emb ** 2, axis=0))
+    big = np.argsort(-col)[:2]
+    rest = np.delete(col, big)
+    assert np.min(col[big]) > 15 * np.median(rest) and np.max(col[big]) < 25 * np.median(rest), col[big]
+    assert np.sort(col)[-3] < 2 * np.median(rest)  # exactly two outlier channels
+    want_gain = np.sqrt(1 + 2 * (20 ** 2 - 1) / 256)
+    for k in gains:
+        g_iso, g_tr = w_iso[k], w_tr[k]
+        np.testing.assert_allclose(g_tr[big] / g_iso[big], want_gain, rtol=1e-5)
+        np.testing.assert_array_equal(np.delete(g_tr, big), np.delete(g_iso, big))
+    x = np.delete(emb, big, axis=1)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = x @ x.T
+    mean_cos = (c.sum() - len(c)) / (len(c) ** 2 - len(c))
+    assert 0.4 < mean_cos < 0.6, mean_cos
+    x = w_iso["model.embed_tokens.weight"].astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = x @ x.T
+    assert abs((c.sum() - len(c)) / (len(c) ** 2 - len(c))) < 0.05
