@@ -629,8 +629,10 @@ def write_target(base_text: str, fitres: dict, path: str, machine: str) -> None:
         keyed["com.microsoft::MatMulNBits"] = fitres["nbits_efficiency"]
     for key, k in keyed.items():
         line = f'"{key}" = {k:.4f}'
-        if re.search(rf'^"{re.escape(key)}"\s*=', t, flags=re.M):
-            t = re.sub(rf'^"{re.escape(key)}"\s*=.*$', line, t, count=1, flags=re.M)
+        # The key as TOML writes it: quoted, or bare (`Erf`).
+        pat = rf'^(?:"{re.escape(key)}"|{re.escape(key)})\s*='
+        if re.search(pat, t, flags=re.M):
+            t = re.sub(pat + r'.*$', line, t, count=1, flags=re.M)
         elif re.search(r'^\[op_efficiency\]\s*$', t, flags=re.M):
             t = re.sub(r'^\[op_efficiency\]\s*$', "[op_efficiency]\n" + line, t, count=1, flags=re.M)
         else:
