@@ -148,3 +148,30 @@ def test_llm_metrics_from_a_decoder_graph(optc_bin, tmp_path):
     assert run_optc(optc_bin, ["gen", "tiny-cnn", "-o", cnn]).returncode == 0
     r = run_optc(optc_bin, ["cost", cnn, "--llm", "prompt=128"])
     assert r.returncode == 2 and "input_ids" in r.stderr, describe_run(r)
+
+
+def test_bench_life_writes_a_calibrated_target_optc_accepts(optc_bin, tmp_path: Path):
+    """bench/life.py's calibrated target file: the built-in cpu target with fitted figures and every
+    op_efficiency factor replaced (bare keys such as `Erf` too) or added, never duplicated."""
+    import importlib.util
+    import tomllib
+    spec = importlib.util.spec_from_file_location("life", Path(__file__).resolve().parents[2] / "bench" / "life.py")
+    life = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(life)
+    r = run_optc(optc_bin, ["targets", "--show", "cpu"])
+    assert r.returncode == 0, describe_run(r)
+    fit = {"eff_compute": 0.17, "eff_memory": 0.32, "launch_overhead_us": 0.2, "cache_bw_gbs": 80.0,
+           "skipnorm_efficiency": 0.035, "nbits_efficiency": 0.97,
+           "op_efficiency": {"Erf": 0.31, "com.microsoft::Gelu": 0.21, "Cos": 0.5}, "micro": []}
+    path = tmp_path / "cpu-calibrated.toml"
+    life.write_target(r.stdout, fit, str(path), "test machine")
+    t = tomllib.loads(path.read_text())
+    eff = t["op_efficiency"]
+    assert (eff["Erf"], eff["com.microsoft::Gelu"], eff["Cos"]) == (0.31, 0.21, 0.5)
+    assert eff["com.microsoft::MatMulNBits"] == 0.97 and eff["com.microsoft::SkipLayerNormalization"] == 0.035
+    assert (t["eff_compute"], t["eff_memory"]) == (0.17, 0.32)
+    m = tmp_path / "m.onnx"
+    onnx.save(SYNTHETIC["gelu_erf"](), str(m))
+    r = run_optc(optc_bin, ["cost", m, "--target", path, "--json"])
+    assert r.returncode == 0, describe_run(r)
+    assert json.loads(r.stdout)["target"] == "cpu-calibrated"
