@@ -93,11 +93,11 @@ impl<W: Write> Write for Counting<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.written += n as u64;
-        if let Some(p) = self.progress {
-            if self.written - self.reported >= 8 << 20 || self.written == self.total {
-                self.reported = self.written;
-                p(self.written, self.total);
-            }
+        if let Some(p) = self.progress
+            && (self.written - self.reported >= 8 << 20 || self.written == self.total)
+        {
+            self.reported = self.written;
+            p(self.written, self.total);
         }
         Ok(n)
     }

@@ -543,12 +543,11 @@ impl<'a> Scope<'a> {
 
     fn qual(&self, v: ValueId) -> String {
         let val = self.g.value(v);
-        if val.outer {
-            if let Some(p) = self.parent {
-                if let Some(pv) = p.g.find_value(&val.name) {
-                    return p.qual(pv);
-                }
-            }
+        if val.outer
+            && let Some(p) = self.parent
+            && let Some(pv) = p.g.find_value(&val.name)
+        {
+            return p.qual(pv);
         }
         format!("{}{}", self.prefix, val.name)
     }
@@ -783,10 +782,10 @@ impl<'a> Scope<'a> {
             for (i, o) in outs.iter().enumerate() {
                 if let Some(o) = o {
                     let mut numel = est_numel(o, &mut flags);
-                    if o.numel.is_none() {
-                        if let Some(n) = special_out_numel(&kind, node, &ins) {
-                            numel = n;
-                        }
+                    if o.numel.is_none()
+                        && let Some(n) = special_out_numel(&kind, node, &ins)
+                    {
+                        numel = n;
                     }
                     let dt = o.dtype.or(if i == 0 { act_dtype } else { None });
                     row.outputs.push(Traffic { value: o.name.clone(), bytes: numel * elem_bytes(dt) });

@@ -307,7 +307,7 @@ impl LlmConfig {
                 return inv(format!("{name} must be positive"));
             }
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return inv(format!("heads ({}) must be a multiple of kv_heads ({})", self.heads, self.kv_heads));
         }
         if self.group_size == 0 {

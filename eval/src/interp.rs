@@ -31,10 +31,10 @@ impl Scope<'_> {
             if let Some(x) = self.env.get(&v) {
                 return Some(x.clone());
             }
-            if !self.graph.value(v).outer {
-                if let Some(Init::Dense(t)) = &self.graph.value(v).init {
-                    return Tensor::from_ir(t).ok().map(|t| Arc::new(Value::Tensor(t)));
-                }
+            if !self.graph.value(v).outer
+                && let Some(Init::Dense(t)) = &self.graph.value(v).init
+            {
+                return Tensor::from_ir(t).ok().map(|t| Arc::new(Value::Tensor(t)));
             }
         }
         self.parent.and_then(|p| p.lookup(name))

@@ -274,10 +274,10 @@ impl Graph {
         let old = std::mem::replace(&mut self.value_mut(id).name, new_name.clone());
         self.by_name.remove(&old);
         self.by_name.insert(new_name.clone(), id);
-        if let Some(Init::Dense(t)) = &mut self.value_mut(id).init {
-            if t.name.is_some() {
-                t.name = Some(new_name.clone());
-            }
+        if let Some(Init::Dense(t)) = &mut self.value_mut(id).init
+            && t.name.is_some()
+        {
+            t.name = Some(new_name.clone());
         }
         // Subgraphs that read the value by name follow the rename.
         let readers: Vec<NodeId> = self.uses(id).into_iter().filter(|u| u.1 == Use::Capture).map(|u| u.0).collect();
@@ -290,24 +290,24 @@ impl Graph {
     }
 
     fn rename_outer(&mut self, old: &str, new: &str) {
-        if let Some(id) = self.find_value(old) {
-            if self.value(id).outer {
-                match self.find_value(new) {
-                    // The subgraph already reads `new` from outside: merge the two reads.
-                    Some(existing) if existing != id && self.value(existing).outer => {
-                        self.replace_uses(id, existing);
-                        for d in self.outputs.iter_mut() {
-                            if d.value == id {
-                                d.value = existing;
-                            }
+        if let Some(id) = self.find_value(old)
+            && self.value(id).outer
+        {
+            match self.find_value(new) {
+                // The subgraph already reads `new` from outside: merge the two reads.
+                Some(existing) if existing != id && self.value(existing).outer => {
+                    self.replace_uses(id, existing);
+                    for d in self.outputs.iter_mut() {
+                        if d.value == id {
+                            d.value = existing;
                         }
-                        self.remove_value(id);
                     }
-                    _ => {
-                        self.by_name.remove(old);
-                        self.by_name.insert(new.to_string(), id);
-                        self.value_mut(id).name = new.to_string();
-                    }
+                    self.remove_value(id);
+                }
+                _ => {
+                    self.by_name.remove(old);
+                    self.by_name.insert(new.to_string(), id);
+                    self.value_mut(id).name = new.to_string();
                 }
             }
         }

@@ -78,12 +78,12 @@ pub fn infer(g: &Graph, opset: i64) -> Facts {
         if let Some(t) = &val.ty {
             f.types.insert(v, t.clone());
         }
-        if let Some(Init::Dense(t)) = &val.init {
-            if !g.is_graph_input(v) {
-                f.types.entry(v).or_insert_with(|| tensor_type(t));
-                if let Some(s) = sym_of_tensor(t) {
-                    f.values.insert(v, s);
-                }
+        if let Some(Init::Dense(t)) = &val.init
+            && !g.is_graph_input(v)
+        {
+            f.types.entry(v).or_insert_with(|| tensor_type(t));
+            if let Some(s) = sym_of_tensor(t) {
+                f.values.insert(v, s);
             }
         }
     }
@@ -359,21 +359,19 @@ fn infer_node(g: &Graph, n: NodeId, opset: i64, f: &Facts) -> Vec<Out> {
         | Op::Trilu
         | Op::BitwiseNot => {
             let mut o = same();
-            if node.op == Op::Neg || node.op == Op::Abs {
-                if let Some(v) = val(0) {
-                    let neg = node.op == Op::Neg;
-                    let data = v
-                        .data
-                        .iter()
-                        .map(|d| match d {
-                            DimValue::Known(x) => {
-                                DimValue::Known(if neg { x.wrapping_neg() } else { x.wrapping_abs() })
-                            }
-                            _ => DimValue::Unknown,
-                        })
-                        .collect();
-                    o[0].1 = Some(SymTensor { data, ..v.clone() });
-                }
+            if (node.op == Op::Neg || node.op == Op::Abs)
+                && let Some(v) = val(0)
+            {
+                let neg = node.op == Op::Neg;
+                let data = v
+                    .data
+                    .iter()
+                    .map(|d| match d {
+                        DimValue::Known(x) => DimValue::Known(if neg { x.wrapping_neg() } else { x.wrapping_abs() }),
+                        _ => DimValue::Unknown,
+                    })
+                    .collect();
+                o[0].1 = Some(SymTensor { data, ..v.clone() });
             }
             o
         }

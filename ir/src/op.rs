@@ -94,10 +94,10 @@ impl AttrKind {
 impl Op {
     /// The op for a node's `(domain, op_type)`. The default domain is `""` or `"ai.onnx"`.
     pub fn from_onnx(domain: &str, op_type: &str) -> Op {
-        if domain.is_empty() || domain == "ai.onnx" {
-            if let Some(op) = Op::standard(op_type) {
-                return op;
-            }
+        if (domain.is_empty() || domain == "ai.onnx")
+            && let Some(op) = Op::standard(op_type)
+        {
+            return op;
         }
         Op::Opaque { domain: domain.to_string(), op_type: op_type.to_string() }
     }

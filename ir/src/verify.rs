@@ -108,10 +108,10 @@ fn verify_graph_into(g: &Graph, path: &str, outer: &HashSet<String>, problems: &
                 problems.push(graph_problem(format!("graph output '{}' is never produced", val.name)));
             }
         }
-        if let Some(Init::Dense(t)) = &val.init {
-            if let Err(m) = check_tensor(t) {
-                problems.push(graph_problem(format!("initializer '{}': {m}", val.name)));
-            }
+        if let Some(Init::Dense(t)) = &val.init
+            && let Err(m) = check_tensor(t)
+        {
+            problems.push(graph_problem(format!("initializer '{}': {m}", val.name)));
         }
     }
     let order = g.topo_order();

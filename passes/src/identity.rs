@@ -46,10 +46,10 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
             None => continue,
         };
         // The replacement must have the same type where both are known.
-        if let (Some(a), Some(b)) = (facts.elem(src), facts.elem(out)) {
-            if a != b {
-                continue;
-            }
+        if let (Some(a), Some(b)) = (facts.elem(src), facts.elem(out))
+            && a != b
+        {
+            continue;
         }
         let (op, name) = (g.node(n).op.clone(), g.node(n).display_name());
         if !can_forward_output(g, n, src) {
@@ -156,10 +156,10 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64, facts: &Facts) -> Option<ValueI
             }
             let starts = const_ints(g, node.input(1)?)?;
             let ends = const_ints(g, node.input(2)?)?;
-            if let Some(steps) = node.input(4) {
-                if !all(&const_ints(g, steps)?, 1) {
-                    return None;
-                }
+            if let Some(steps) = node.input(4)
+                && !all(&const_ints(g, steps)?, 1)
+            {
+                return None;
             }
             let axes: Vec<i64> = match node.input(3) {
                 Some(a) => const_ints(g, a)?,

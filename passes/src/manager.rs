@@ -140,13 +140,13 @@ impl PassManager {
                     let start = Instant::now();
                     let outcome = pass.run(model, cx, opts)?;
                     let time = start.elapsed();
-                    if self.verify_each {
-                        if let Err(problems) = optc_ir::verify::verify_model(model) {
-                            let new: Vec<String> =
-                                problems.iter().map(|p| p.to_string()).filter(|p| !baseline.contains(p)).collect();
-                            if !new.is_empty() {
-                                return Err(PassError::Verify { pass: label.clone(), problems: new });
-                            }
+                    if self.verify_each
+                        && let Err(problems) = optc_ir::verify::verify_model(model)
+                    {
+                        let new: Vec<String> =
+                            problems.iter().map(|p| p.to_string()).filter(|p| !baseline.contains(p)).collect();
+                        if !new.is_empty() {
+                            return Err(PassError::Verify { pass: label.clone(), problems: new });
                         }
                     }
                     total += outcome.rewrites;

@@ -106,10 +106,10 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
             continue;
         };
         // The declared type must agree with the folded tensor.
-        if let Some(ty) = &g.value(out).ty {
-            if ty.elem().is_some_and(|e| e != tensor.dtype) {
-                continue;
-            }
+        if let Some(ty) = &g.value(out).ty
+            && ty.elem().is_some_and(|e| e != tensor.dtype)
+        {
+            continue;
         }
         if !cx.rewrite() {
             break;

@@ -148,7 +148,7 @@ pub fn encode_varint(mut v: u64, out: &mut Vec<u8>) {
 }
 
 pub fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Key and length prefix of a length-delimited field.

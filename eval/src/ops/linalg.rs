@@ -732,10 +732,10 @@ fn parse_term(cx: &Ctx, term: &str, rank: Option<usize>, ell_rank: &mut usize) -
         };
         let ell: Vec<Label> = (0..n_ell).map(|j| ELL_BASE + (n_ell - 1 - j) as Label).collect();
         labels.splice(at..at, ell);
-    } else if let Some(r) = rank {
-        if r != labels.len() {
-            return Err(cx.err(format!("einsum term '{term}' has {} labels, the input has {r} dims", labels.len())));
-        }
+    } else if let Some(r) = rank
+        && r != labels.len()
+    {
+        return Err(cx.err(format!("einsum term '{term}' has {} labels, the input has {r} dims", labels.len())));
     }
     Ok(labels)
 }

@@ -550,10 +550,10 @@ fn conv_op<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DType) -> Result<Ve
     let b = opt_real_in::<T>(cx, inputs, 2)?;
     let group = usize::try_from(cx.attr_int("group", 1)).unwrap_or(0);
     let (n, c, ins, m, k) = conv_shapes(cx, x.shape(), w.shape(), group)?;
-    if let Some(b) = &b {
-        if b.len() != m {
-            return Err(cx.err(format!("bias has {} values, expected {m}", b.len())));
-        }
+    if let Some(b) = &b
+        && b.len() != m
+    {
+        return Err(cx.err(format!("bias has {} values, expected {m}", b.len())));
     }
     let g = geometry(cx, &ins, &k, false)?;
     let mut oshape = vec![n, m];
@@ -605,10 +605,10 @@ fn conv_transpose_op<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DType) ->
             return Err(cx.err(format!("kernel_shape {k:?} does not match W {ws:?}")));
         }
     }
-    if let Some(b) = &b {
-        if b.len() != m {
-            return Err(cx.err(format!("bias has {} values, expected {m}", b.len())));
-        }
+    if let Some(b) = &b
+        && b.len() != m
+    {
+        return Err(cx.err(format!("bias has {} values, expected {m}", b.len())));
     }
     let s = to_usize(ints_attr(cx, "strides", nd, 1, 1)?);
     let d = to_usize(ints_attr(cx, "dilations", nd, 1, 1)?);
@@ -2199,10 +2199,10 @@ fn deform_conv<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DType) -> Resul
     if offset.shape() != [n, og * kn * 2, oh, ow] {
         return Err(cx.err(format!("offset has shape {:?}, expected {:?}", offset.shape(), [n, og * kn * 2, oh, ow])));
     }
-    if let Some(mk) = &mask {
-        if mk.shape() != [n, og * kn, oh, ow] {
-            return Err(cx.err(format!("mask has shape {:?}, expected {:?}", mk.shape(), [n, og * kn, oh, ow])));
-        }
+    if let Some(mk) = &mask
+        && mk.shape() != [n, og * kn, oh, ow]
+    {
+        return Err(cx.err(format!("mask has shape {:?}, expected {:?}", mk.shape(), [n, og * kn, oh, ow])));
     }
     if b.as_ref().is_some_and(|b| b.len() != m) {
         return Err(cx.err(format!("bias must have {m} values")));
@@ -2275,7 +2275,7 @@ fn heads<T: Real>(cx: &Ctx, a: &CowArray<'_, T, IxDyn>, nh: Option<usize>, name:
         3 => {
             let s = a.shape();
             let h = nh
-                .filter(|&h| h > 0 && s[2] % h == 0)
+                .filter(|&h| h > 0 && s[2].is_multiple_of(h))
                 .ok_or_else(|| cx.err(format!("{name}: num_heads must divide {}", s[2])))?;
             let v =
                 a.view().into_shape_with_order(IxDyn(&[s[0], s[1], h, s[2] / h])).map_err(|e| cx.err(e.to_string()));
@@ -2419,10 +2419,10 @@ fn attention<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DType) -> Result<
                     if causal && j > i + past_len {
                         add += f64::NEG_INFINITY;
                     }
-                    if let Some(np) = &nonpad {
-                        if (j as i64) >= np.get(bi).copied().unwrap_or(skv as i64) {
-                            add += f64::NEG_INFINITY;
-                        }
+                    if let Some(np) = &nonpad
+                        && (j as i64) >= np.get(bi).copied().unwrap_or(skv as i64)
+                    {
+                        add += f64::NEG_INFINITY;
                     }
                     sf[i * skv + j] += add;
                 }
@@ -2510,10 +2510,11 @@ fn rotary<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DType) -> Result<Vec
             None => (cos.ndim() == 3 && cos.shape()[0] == b && cos.shape()[1] == s).then_some(bi * s + si),
         }
     };
-    if let Some(p) = &pos {
-        if p.len() != b * s && p.len() != s {
-            return Err(cx.err("position_ids must be [batch, seq]"));
-        }
+    if let Some(p) = &pos
+        && p.len() != b * s
+        && p.len() != s
+    {
+        return Err(cx.err("position_ids must be [batch, seq]"));
     }
     let mut out = x.clone();
     let xsl = x.as_slice().unwrap_or(&[]);
@@ -2562,10 +2563,10 @@ fn causal_conv_with_state<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DTyp
     if b.as_ref().is_some_and(|b| b.len() != c) {
         return Err(cx.err(format!("bias must have {c} values")));
     }
-    if let Some(p) = &past {
-        if p.shape() != [bn, c, k - 1] {
-            return Err(cx.err(format!("past_state has shape {:?}, expected {:?}", p.shape(), [bn, c, k - 1])));
-        }
+    if let Some(p) = &past
+        && p.shape() != [bn, c, k - 1]
+    {
+        return Err(cx.err(format!("past_state has shape {:?}, expected {:?}", p.shape(), [bn, c, k - 1])));
     }
     let (xc, wc) = (slice_of(&x), slice_of(&w));
     let (xsl, wsl) = (xc.as_slice().unwrap_or(&[]), wc.as_slice().unwrap_or(&[]));

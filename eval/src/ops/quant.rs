@@ -557,10 +557,10 @@ fn int_conv(
 ) -> Result<(Vec<f64>, Vec<usize>)> {
     let mut xf = int8_as_f64(cx, x, "x")?;
     let mut wf = int8_as_f64(cx, w, "w")?;
-    if let Some(z) = xzp {
-        if z.len() != 1 {
-            return Err(cx.err("x_zero_point must be a scalar"));
-        }
+    if let Some(z) = xzp
+        && z.len() != 1
+    {
+        return Err(cx.err("x_zero_point must be a scalar"));
     }
     sub_zero_point(cx, &mut xf, xzp, x.dtype(), false, "x")?;
     if let Some(z) = wzp {

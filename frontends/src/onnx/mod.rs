@@ -117,13 +117,13 @@ fn lift_model(bytes: Bytes, path: &Path, base: Option<PathBuf>, opts: &LoadOptio
             message: "it has no ir_version, no graph and no opset_import".into(),
         });
     }
-    if let Some(v) = header.ir_version {
-        if !(0..=MAX_IR_VERSION).contains(&v) {
-            return Err(LoadError::Opset {
-                path: path.to_path_buf(),
-                message: format!("IR version {v} is not supported (this build reads up to {MAX_IR_VERSION})"),
-            });
-        }
+    if let Some(v) = header.ir_version
+        && !(0..=MAX_IR_VERSION).contains(&v)
+    {
+        return Err(LoadError::Opset {
+            path: path.to_path_buf(),
+            message: format!("IR version {v} is not supported (this build reads up to {MAX_IR_VERSION})"),
+        });
     }
     let opset_raw: Vec<&Field> = fs.iter().filter(|f| f.number == 8).collect();
     let mut opset_imports = Vec::new();
@@ -391,11 +391,11 @@ impl Lifter<'_> {
         }
         // Initializers without a declared type get theirs from the tensor.
         for v in g.initializers.clone() {
-            if g.value(v).ty.is_none() {
-                if let Some(t) = g.value(v).tensor() {
-                    let ty = Type::tensor(t.dtype, t.dims.iter().map(|&d| Dim::known(d)).collect());
-                    g.value_mut(v).ty = Some(ty);
-                }
+            if g.value(v).ty.is_none()
+                && let Some(t) = g.value(v).tensor()
+            {
+                let ty = Type::tensor(t.dtype, t.dims.iter().map(|&d| Dim::known(d)).collect());
+                g.value_mut(v).ty = Some(ty);
             }
         }
         Ok(g)
@@ -434,10 +434,10 @@ impl Lifter<'_> {
     }
 
     fn set_type(&self, g: &mut Graph, v: ValueId, vi: &pb::ValueInfoProto) -> Result<(), LoadError> {
-        if g.value(v).ty.is_none() {
-            if let Some(t) = &vi.r#type {
-                g.value_mut(v).ty = Some(lift_type(t));
-            }
+        if g.value(v).ty.is_none()
+            && let Some(t) = &vi.r#type
+        {
+            g.value_mut(v).ty = Some(lift_type(t));
         }
         Ok(())
     }

@@ -143,7 +143,7 @@ fn try_fold(g: &mut Graph, p: NodeId, a_is_matrix: bool, cx: &mut PassContext) -
             match cop {
                 Op::Mul => (k, vec![0.0; channels]),
                 Op::Div => {
-                    if k.iter().any(|&x| x == 0.0) {
+                    if k.contains(&0.0) {
                         return why_not(cx, "division by zero");
                     }
                     (k.iter().map(|&x| 1.0 / x).collect(), vec![0.0; channels])
