@@ -9,7 +9,7 @@ use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
 use petgraph::visit::EdgeRef;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// An operation in a [`Graph`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -229,6 +229,32 @@ impl Graph {
             return base.to_string();
         }
         (1..).map(|i| format!("{base}_{i}")).find(|n| !self.by_name.contains_key(n)).unwrap_or_default()
+    }
+
+    /// Renames nodes whose name an earlier node (in [`Graph::nodes`] order) already has, to
+    /// `{name}_{i}` with the first `i` no node uses, here and in every subgraph; onnxruntime
+    /// refuses a graph with two nodes of one name. Returns the number of nodes renamed.
+    pub fn uniquify_node_names(&mut self) -> usize {
+        let ids: Vec<NodeId> = self.nodes().collect();
+        let mut all: HashSet<String> = ids.iter().filter_map(|&n| self.node(n).name.clone()).collect();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut renamed = 0;
+        for &n in &ids {
+            if let Some(name) = self.node(n).name.clone()
+                && !name.is_empty()
+                && !seen.insert(name.clone())
+            {
+                let fresh = (1..).map(|i| format!("{name}_{i}")).find(|c| !all.contains(c)).unwrap_or_default();
+                all.insert(fresh.clone());
+                seen.insert(fresh.clone());
+                self.node_mut(n).name = Some(fresh);
+                renamed += 1;
+            }
+            for sg in self.node_mut(n).subgraphs_mut() {
+                renamed += sg.uniquify_node_names();
+            }
+        }
+        renamed
     }
 
     /// Adds a dense initializer (appended to the initializer list).
@@ -661,5 +687,33 @@ impl Graph {
     /// Node count including nodes of subgraphs.
     pub fn node_count_deep(&self) -> usize {
         self.nodes().map(|n| 1 + self.node(n).subgraphs().map(|g| g.node_count_deep()).sum::<usize>()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::builder::GraphBuilder;
+    use crate::{DType, Dim, Op};
+
+    #[test]
+    fn uniquify_node_names_renames_only_repeats() {
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::F32, vec![Dim::known(2)]).unwrap();
+        let mut v = x;
+        for _ in 0..4 {
+            v = b.op(Op::Relu, &[v], vec![]).unwrap();
+        }
+        b.output(v, "y", None).unwrap();
+        let mut g = b.finish();
+        let ids: Vec<_> = g.nodes().collect();
+        // names: a, a, a_1, (none)
+        g.node_mut(ids[0]).name = Some("a".into());
+        g.node_mut(ids[1]).name = Some("a".into());
+        g.node_mut(ids[2]).name = Some("a_1".into());
+        g.node_mut(ids[3]).name = None;
+        assert_eq!(g.uniquify_node_names(), 1);
+        let names: Vec<Option<String>> = ids.iter().map(|&n| g.node(n).name.clone()).collect();
+        assert_eq!(names, vec![Some("a".into()), Some("a_2".into()), Some("a_1".into()), None]);
+        assert_eq!(g.uniquify_node_names(), 0);
     }
 }

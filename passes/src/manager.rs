@@ -139,6 +139,8 @@ impl PassManager {
                     cx.enter(pass.name());
                     let start = Instant::now();
                     let outcome = pass.run(model, cx, opts)?;
+                    // Node names a pass gave twice (its own, or one the model already had).
+                    model.graph.uniquify_node_names();
                     let time = start.elapsed();
                     if self.verify_each
                         && let Err(problems) = optc_ir::verify::verify_model(model)

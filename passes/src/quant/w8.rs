@@ -2124,6 +2124,30 @@ mod tests {
     }
 
     #[test]
+    fn node_names_stay_unique_when_the_model_already_uses_the_pairs_names() {
+        // An already-quantised export can have a node called `<tensor>_QuantizeLinear`.
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::F32, vec![Dim::known(4), Dim::known(16)]).unwrap();
+        let w = b.init_f32("W", &[16, 8], &randn(128, 31)).unwrap();
+        let mm = b.op(Op::MatMul, &[x, w], vec![]).unwrap();
+        let y = b.op(Op::Sigmoid, &[mm], vec![]).unwrap();
+        b.output(y, "y", None).unwrap();
+        let mut base = Model::new(b.finish(), 17);
+        let g = &mut base.graph;
+        let mm_name = g.value(mm).name.clone();
+        let sig = g.nodes().find(|&n| g.node(n).op == Op::Sigmoid).unwrap();
+        g.node_mut(sig).name = Some(format!("{mm_name}_QuantizeLinear"));
+        let feeds: Vec<HashMap<String, Value>> =
+            (0..2).map(|i| [("x".to_string(), f32_value(&[4, 16], &randn(64, 90 + i)))].into()).collect();
+        run_with(&mut base, "quant-w8", feeds);
+        let g = &base.graph;
+        let names: Vec<String> = g.nodes().filter_map(|n| g.node(n).name.clone()).collect();
+        let unique: HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(names.iter().filter(|n| n.starts_with(&format!("{mm_name}_QuantizeLinear"))).count() >= 2);
+    }
+
+    #[test]
     fn exclusions_and_skips_are_explained() {
         let mut m = conv_model(17);
         let names: Vec<String> = m.graph.nodes().map(|id| m.graph.node(id).display_name()).collect();
