@@ -185,25 +185,9 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>, SaveError> {
 }
 
 /// Drops already-written pages of a mapped input from memory, so streaming a model larger than
-/// RAM keeps the resident set small. MADV_PAGEOUT never discards data: on heap memory without
-/// swap it does nothing.
+/// RAM keeps the resident set small.
 fn release(bytes: &Bytes) {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        if bytes.len() < (1 << 20) {
-            return;
-        }
-        let start = bytes.as_ptr() as usize;
-        let aligned = start.div_ceil(PAGE) * PAGE;
-        let end = (start + bytes.len()) / PAGE * PAGE;
-        if end > aligned {
-            // SAFETY: the range lies inside memory `bytes` keeps alive; PAGEOUT is advisory.
-            unsafe {
-                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_PAGEOUT);
-            }
-        }
-    }
+    optc_ir::mem::release_pages(bytes);
 }
 
 /// Writes a file through a temporary file in the same directory and a rename, so `path` is

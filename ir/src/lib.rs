@@ -13,6 +13,7 @@ mod dtype;
 mod error;
 mod graph;
 pub mod infer;
+pub mod mem;
 mod model;
 mod op;
 pub mod quant;
