@@ -1211,7 +1211,6 @@ fn split_readers(
     name: &str,
     like: Option<NodeId>,
 ) -> usize {
-    let act_dt = if signed { DType::I8 } else { DType::U8 };
     let mut readers: Vec<(NodeId, usize)> = g
         .uses(dv)
         .into_iter()
@@ -1226,41 +1225,53 @@ fn split_readers(
     let mut added = 0;
     for (k, &n) in nodes.iter().enumerate().skip(1) {
         let base = format!("{name}_{k}");
-        let Some(sv) = add_init(g, &format!("{base}_scale"), DType::F32, vec![], qp.scale.to_le_bytes().to_vec())
-        else {
-            continue;
-        };
-        let Some(zv) = add_init(g, &format!("{base}_zero_point"), act_dt, vec![], zp_bytes(qp.zp, signed)) else {
-            continue;
-        };
-        let Some((_, qv)) = add_node(
-            g,
-            Op::QuantizeLinear,
-            vec![Some(v), Some(sv), Some(zv)],
-            vec![],
-            &format!("{base}_QuantizeLinear"),
-            &format!("{base}_QuantizeLinear_Output"),
-            like,
-        ) else {
-            continue;
-        };
-        let Some((_, d)) = add_node(
-            g,
-            Op::DequantizeLinear,
-            vec![Some(qv), Some(sv), Some(zv)],
-            vec![],
-            &format!("{base}_DequantizeLinear"),
-            &format!("{base}_DequantizeLinear_Output"),
-            like,
-        ) else {
-            continue;
-        };
+        let Some(p) = add_act_params(g, &base, qp, signed) else { continue };
+        let Some((_, d)) = add_qdq(g, v, p, &base, like) else { continue };
         for &(_, slot) in readers.iter().filter(|&&(m, _)| m == n) {
             g.set_input(n, slot, Some(d));
         }
         added += 1;
     }
     added
+}
+
+/// The scalar `{base}_scale` and `{base}_zero_point` initializers of an activation quantised
+/// with `qp` (int8 when `signed`, else uint8).
+fn add_act_params(g: &mut Graph, base: &str, qp: QParams, signed: bool) -> Option<(ValueId, ValueId)> {
+    let act_dt = if signed { DType::I8 } else { DType::U8 };
+    let sv = add_init(g, &format!("{base}_scale"), DType::F32, vec![], qp.scale.to_le_bytes().to_vec())?;
+    let zv = add_init(g, &format!("{base}_zero_point"), act_dt, vec![], zp_bytes(qp.zp, signed))?;
+    Some((sv, zv))
+}
+
+/// `x -> QuantizeLinear -> DequantizeLinear` with the parameters `(scale, zero point)`, named
+/// after `base`; returns the QuantizeLinear node and the DequantizeLinear output.
+fn add_qdq(
+    g: &mut Graph,
+    x: ValueId,
+    (sv, zv): (ValueId, ValueId),
+    base: &str,
+    like: Option<NodeId>,
+) -> Option<(NodeId, ValueId)> {
+    let (qn, qv) = add_node(
+        g,
+        Op::QuantizeLinear,
+        vec![Some(x), Some(sv), Some(zv)],
+        vec![],
+        &format!("{base}_QuantizeLinear"),
+        &format!("{base}_QuantizeLinear_Output"),
+        like,
+    )?;
+    let (_, dv) = add_node(
+        g,
+        Op::DequantizeLinear,
+        vec![Some(qv), Some(sv), Some(zv)],
+        vec![],
+        &format!("{base}_DequantizeLinear"),
+        &format!("{base}_DequantizeLinear_Output"),
+        like,
+    )?;
+    Some((qn, dv))
 }
 
 fn zp_bytes(zp: i32, signed: bool) -> Vec<u8> {
@@ -1464,34 +1475,25 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
         let (sv, zv) = match qinit.get(&r) {
             Some(&p) => p,
             None => {
-                let qp = params[&r];
                 let rname = g.value(r).name.clone();
-                let Some(sv) =
-                    add_init(g, &format!("{rname}_scale"), DType::F32, vec![], qp.scale.to_le_bytes().to_vec())
-                else {
-                    continue;
-                };
-                let Some(zv) = add_init(g, &format!("{rname}_zero_point"), act_dt, vec![], zp_bytes(qp.zp, cfg.signed))
-                else {
-                    continue;
-                };
-                qinit.insert(r, (sv, zv));
-                (sv, zv)
+                let Some(p) = add_act_params(g, &rname, params[&r], cfg.signed) else { continue };
+                qinit.insert(r, p);
+                p
             }
         };
         let like = g.producer(v).map(|(p, _)| p).or_else(|| readers.first().map(|(n, _)| *n));
-        let Some((qn, qv)) = add_node(
-            g,
-            Op::QuantizeLinear,
-            vec![Some(v), Some(sv), Some(zv)],
-            vec![],
-            &format!("{name}_QuantizeLinear"),
-            &format!("{name}_QuantizeLinear_Output"),
-            like,
-        ) else {
-            continue;
-        };
         if softmax_out {
+            let Some((_, qv)) = add_node(
+                g,
+                Op::QuantizeLinear,
+                vec![Some(v), Some(sv), Some(zv)],
+                vec![],
+                &format!("{name}_QuantizeLinear"),
+                &format!("{name}_QuantizeLinear_Output"),
+                like,
+            ) else {
+                continue;
+            };
             let ty = g.value(v).ty.clone();
             let Ok(out) = g.add_value(name.clone(), ty) else { continue };
             let spec = NodeSpec::new(Op::DequantizeLinear, vec![Some(qv), Some(sv), Some(zv)], vec![Some(out)])
@@ -1506,17 +1508,7 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
             t.acts += 1;
             continue;
         }
-        let Some((_, dv)) = add_node(
-            g,
-            Op::DequantizeLinear,
-            vec![Some(qv), Some(sv), Some(zv)],
-            vec![],
-            &format!("{name}_DequantizeLinear"),
-            &format!("{name}_DequantizeLinear_Output"),
-            like,
-        ) else {
-            continue;
-        };
+        let Some((qn, dv)) = add_qdq(g, v, (sv, zv), &name, like) else { continue };
         g.replace_uses(v, dv);
         g.set_input(qn, 0, Some(v));
         t.acts += 1;
