@@ -617,15 +617,13 @@ impl<'a> Scope<'a> {
         if let Some((p, _)) = self.g.producer(v) {
             let pn = self.g.node(p);
             if pn.op == Op::DequantizeLinear {
-                if self.is_weight_dq(p) {
-                    if !self.weight_dq_folded(p, cx) {
-                        return Operand { name: self.qual(v), dtype, shape, numel, weight, dq_from };
-                    }
+                // A weight DQ the runtime runs on every call leaves a float tensor here.
+                if self.weight_dq_folded(p, cx) {
                     let bytes: f64 =
                         pn.inputs().iter().flatten().filter_map(|&x| self.const_tensor(x)).map(tensor_bytes).sum();
                     let qd = pn.input(0).and_then(|x| self.const_tensor(x)).map(|t| t.dtype).unwrap_or(DType::I8);
                     weight = Some((bytes, qd));
-                } else {
+                } else if !self.is_weight_dq(p) {
                     dq_from = pn.input(0).and_then(|x| self.ty(x)).and_then(Type::elem);
                 }
             }
