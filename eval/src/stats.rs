@@ -161,40 +161,80 @@ impl Observer for StatsObserver {
     }
 }
 
-/// X^T X of a layer input over all rows seen (rows = every leading index, columns = last axis),
-/// and the per-column sum of squares (its diagonal, kept separately for speed of access).
+/// X^T X of a layer input over all rows seen (rows = every leading index, columns = last axis).
+/// Symmetric, so only its upper triangle is kept and computed: half the memory and half the
+/// arithmetic of the full matrix (GPTQ over a decoder holds one per projection input).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gram {
     pub dim: usize,
     pub rows: u64,
-    /// Row-major `dim x dim`.
-    pub xtx: Vec<f64>,
+    /// The upper triangle, packed row by row: row `i` holds columns `i..dim`.
+    pub upper: Vec<f64>,
 }
 
 impl Gram {
-    fn new(dim: usize) -> Gram {
-        Gram { dim, rows: 0, xtx: vec![0.0; dim * dim] }
+    pub fn new(dim: usize) -> Gram {
+        Gram { dim, rows: 0, upper: vec![0.0; Gram::packed_len(dim)] }
+    }
+    /// Entries of the packed triangle of a `dim x dim` matrix.
+    pub fn packed_len(dim: usize) -> usize {
+        dim * (dim + 1) / 2
+    }
+    /// Bytes held by the Gram of `dim` channels.
+    pub fn bytes(dim: usize) -> u64 {
+        8 * Gram::packed_len(dim) as u64
+    }
+    /// Where packed row `i` starts.
+    fn row_start(&self, i: usize) -> usize {
+        i * self.dim - i * i.saturating_sub(1) / 2
     }
     fn add(&mut self, v: &[f32]) {
         let k = self.dim;
         let rows: Vec<&[f32]> = v.chunks_exact(k).collect();
-        // Each output row i of X^T X is independent: parallel over i.
-        self.xtx.par_chunks_mut(k).enumerate().for_each(|(i, out)| {
+        // Rows of the triangle are independent: parallel over them (row i has k - i entries).
+        let mut parts: Vec<(usize, &mut [f64])> = Vec::with_capacity(k);
+        let mut rest: &mut [f64] = &mut self.upper;
+        for i in 0..k {
+            let (row, tail) = rest.split_at_mut(k - i);
+            parts.push((i, row));
+            rest = tail;
+        }
+        parts.into_par_iter().for_each(|(i, out)| {
             for r in &rows {
                 let xi = r[i] as f64;
                 if xi == 0.0 {
                     continue;
                 }
-                for (o, &xj) in out.iter_mut().zip(r.iter()) {
+                for (o, &xj) in out.iter_mut().zip(&r[i..]) {
                     *o += xi * xj as f64;
                 }
             }
         });
         self.rows += rows.len() as u64;
     }
+    /// Entry `(i, j)` of X^T X.
+    pub fn get(&self, i: usize, j: usize) -> f64 {
+        let (i, j) = if i <= j { (i, j) } else { (j, i) };
+        self.upper[self.row_start(i) + (j - i)]
+    }
+    /// The full row-major `dim x dim` matrix, each entry times `f`.
+    pub fn full_scaled(&self, f: f64) -> Vec<f64> {
+        let k = self.dim;
+        let mut m = vec![0f64; k * k];
+        let mut at = 0;
+        for i in 0..k {
+            for j in i..k {
+                let v = self.upper[at] * f;
+                m[i * k + j] = v;
+                m[j * k + i] = v;
+                at += 1;
+            }
+        }
+        m
+    }
     /// The L2 norm of each input column over all rows (Wanda's ||X_j||).
     pub fn column_norms(&self) -> Vec<f64> {
-        (0..self.dim).map(|j| self.xtx[j * self.dim + j].sqrt()).collect()
+        (0..self.dim).map(|j| self.get(j, j).sqrt()).collect()
     }
 }
 
@@ -260,8 +300,11 @@ mod tests {
         let g = &o.grams["a"];
         assert_eq!(g.rows, 3);
         // X = [[1,2,3],[4,5,6],[1,0,-1]]; X^T X row 0 = [18, 22, 26]
-        assert_eq!(&g.xtx[0..3], &[18.0, 22.0, 26.0]);
-        assert_eq!(g.xtx[4], 29.0);
+        assert_eq!(&g.upper[0..3], &[18.0, 22.0, 26.0]);
+        assert_eq!((g.get(1, 1), g.get(2, 1), g.get(1, 2)), (29.0, 36.0, 36.0));
+        let full = g.full_scaled(1.0);
+        assert_eq!(&full[3..6], &[22.0, 29.0, 36.0]);
+        assert_eq!(full[6..9], [26.0, 36.0, 46.0]);
         assert!((g.column_norms()[2] - (9.0f64 + 36.0 + 1.0).sqrt()).abs() < 1e-12);
     }
 }

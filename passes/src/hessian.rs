@@ -13,7 +13,7 @@
 
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
-use optc_eval::stats::GramObserver;
+use optc_eval::stats::{Gram, GramObserver};
 use optc_eval::{Observer, Value};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -35,6 +35,12 @@ impl Hessian {
     pub fn from_xtx(dim: usize, rows: u64, xtx: &[f64]) -> Hessian {
         let f = if rows > 0 { 2.0 / rows as f64 } else { 0.0 };
         Hessian { dim, rows, h: xtx.iter().map(|v| v * f).collect() }
+    }
+
+    /// From an accumulated [`Gram`].
+    pub fn from_gram(g: &Gram) -> Hessian {
+        let f = if g.rows > 0 { 2.0 / g.rows as f64 } else { 0.0 };
+        Hessian { dim: g.dim, rows: g.rows, h: g.full_scaled(f) }
     }
 
     /// From activation rows `x` (`[rows, dim]`, row-major).
@@ -215,9 +221,10 @@ impl HessianObserver {
         HessianObserver { grams: GramObserver::new(names) }
     }
 
-    /// The Hessians of the values seen, by name.
-    pub fn finish(self) -> HashMap<String, Hessian> {
-        self.grams.grams.into_iter().map(|(n, g)| (n, Hessian::from_xtx(g.dim, g.rows, &g.xtx))).collect()
+    /// The Gram matrices of the values seen, by name (packed: [`Hessian::from_gram`] unpacks
+    /// one when it is needed, so that a caller holding many holds them at half size).
+    pub fn finish(self) -> HashMap<String, Gram> {
+        self.grams.grams
     }
 }
 
@@ -262,7 +269,7 @@ mod tests {
         // [2, 3, k] then [4, k]: rows are all leading indices.
         o.observe("a", &f32_value(&[2, 3, k as i64], &x[..6 * k]));
         o.observe("a", &f32_value(&[4, k as i64], &x[6 * k..]));
-        let h = o.finish().remove("a").unwrap();
+        let h = Hessian::from_gram(&o.finish().remove("a").unwrap());
         let want = Hessian::from_rows(&x, k);
         assert_eq!(h.rows, rows as u64);
         for (a, b) in h.h.iter().zip(&want.h) {

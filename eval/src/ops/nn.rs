@@ -1779,7 +1779,7 @@ fn resize<T: Real>(cx: &Ctx, inputs: &[Option<&Value>], dt: DType) -> Result<Vec
             return Err(cx.err(format!("scales has {} values, expected {na}", sc.len())));
         }
         for (i, &a) in axes.iter().enumerate() {
-            if !(sc[i] > 0.0) || !sc[i].is_finite() {
+            if sc[i] <= 0.0 || !sc[i].is_finite() {
                 return Err(cx.err(format!("scale {} must be positive", sc[i])));
             }
             scale_v[a] = sc[i];
