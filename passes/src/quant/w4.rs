@@ -55,6 +55,7 @@ use crate::hessian::{Hessian, HessianObserver};
 use crate::util::{const_tensor, forward_output};
 use crate::{Exactness, OptionSpec, Pass, PassContext, PassError, PassOptions, PassOutcome};
 use optc_cost::WeightFormat;
+use optc_eval::stats::Gram;
 use optc_ir::{AttrList, Attribute, DType, Graph, Model, NodeId, Op, Tensor, ValueId};
 use std::collections::{HashMap, HashSet};
 
@@ -102,6 +103,12 @@ const OPTIONS: &[OptionSpec] = &[
         default: "auto",
         help: "gptq: shrink the Hessian's off-diagonal by this fraction (0..1; 0 is reference GPTQ), or auto: \
                K / (K + calibration rows)",
+    },
+    OptionSpec {
+        name: "hessian_mem",
+        default: "auto",
+        help: "gptq: MiB of Hessians held at once while calibrating (auto: half the model's weights, at least 64); \
+               inputs that do not fit wait for another calibration pass",
     },
     OptionSpec {
         name: "act_order",
@@ -152,6 +159,8 @@ struct Config {
     /// Hessian shrinkage towards its diagonal; `None`: `K / (K + rows)`.
     shrink: Option<f64>,
     act_order: bool,
+    /// Bytes of Hessians held at once; `None`: half the model's weights, at least 64 MiB.
+    hessian_mem: Option<u64>,
 }
 
 impl Config {
@@ -223,6 +232,16 @@ fn config(opts: &PassOptions, cx: &mut PassContext) -> Result<Option<Config>, Pa
             Some(v)
         }
     };
+    let hessian_mem = match opts.get("hessian_mem").unwrap_or("auto") {
+        "auto" => None,
+        _ => {
+            let v = opts.f64("hessian_mem")?;
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(format!("option 'hessian_mem' must be auto or a positive number of MiB, got {v}")));
+            }
+            Some((v * (1u64 << 20) as f64) as u64)
+        }
+    };
     let damp = opts.f64("damp")?;
     if !(damp.is_finite() && damp >= 0.0) {
         return Err(bad(format!("option 'damp' must be a non-negative number, got {damp}")));
@@ -283,6 +302,7 @@ fn config(opts: &PassOptions, cx: &mut PassContext) -> Result<Option<Config>, Pa
         damp,
         shrink,
         act_order: opts.bool("act_order")?,
+        hessian_mem,
     }))
 }
 
@@ -409,7 +429,76 @@ struct Totals {
 #[derive(Default)]
 struct Calib {
     act: Option<HashMap<String, ActStats>>,
-    hess: Option<HashMap<String, Hessian>>,
+    /// GPTQ: calibrated in stages, each gathering the Hessians of a group of inputs.
+    staged: Option<Staged>,
+}
+
+/// GPTQ's calibration in stages. One Hessian per distinct input is `8 K (K + 1) / 2` bytes,
+/// together about 0.9x a decoder's float weights, on top of the evaluator's copy of the weights:
+/// held all at once they put calibration of a large model well past twice its size. The inputs
+/// are grouped in graph order so that a group's Hessians fit the budget; each group takes one
+/// calibration pass over the model as it came in (`model`, sharing its weight data), and its
+/// weights are quantised and its Hessians dropped before the next pass. With one group (the
+/// common case for small models) this is a single pass, as if all were held at once.
+struct Staged {
+    model: Model,
+    feeds: Vec<HashMap<String, optc_eval::Value>>,
+    /// Input names, grouped; a group's Hessians fit the budget (or it holds one input).
+    groups: Vec<Vec<String>>,
+}
+
+impl Staged {
+    fn plan(model: &Model, cx: &mut PassContext, cands: &[Cand], cfg: &Config) -> Result<Staged, String> {
+        let g = &model.graph;
+        let weights: u64 = g
+            .initializers
+            .iter()
+            .filter_map(|&v| match &g.value(v).init {
+                Some(optc_ir::Init::Dense(t)) => Some(t.byte_size()),
+                _ => None,
+            })
+            .sum();
+        let budget = cfg.hessian_mem.unwrap_or((weights / 2).max(64 << 20));
+        let mut seen = HashSet::new();
+        let mut groups: Vec<Vec<String>> = Vec::new();
+        let (mut used, mut total) = (0u64, 0u64);
+        for c in cands {
+            let name = g.value(c.x).name.clone();
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let b = Gram::bytes(c.k);
+            total += b;
+            match groups.last_mut() {
+                Some(last) if used + b <= budget => {
+                    last.push(name);
+                    used += b;
+                }
+                _ => {
+                    groups.push(vec![name]);
+                    used = b;
+                }
+            }
+        }
+        let feeds = awq::calibration_feeds(model, cx, cfg.runs, "GPTQ")?;
+        let (n, inputs) = (groups.len(), seen.len());
+        cx.note(|| {
+            format!(
+                "GPTQ: Hessians of {inputs} input(s), {} in all, gathered in {n} calibration pass(es) of at most \
+                 {} each (hessian_mem)",
+                fmt_bytes(total),
+                fmt_bytes(budget)
+            )
+        });
+        Ok(Staged { model: model.clone(), feeds, groups })
+    }
+
+    /// One calibration pass: the Gram matrices of the inputs of `group`.
+    fn gather(&self, group: &[String]) -> Result<HashMap<String, Gram>, String> {
+        let mut obs = HessianObserver::new(group.iter().cloned().collect());
+        awq::run_observed(&self.model, &self.feeds, &mut obs)?;
+        Ok(obs.finish())
+    }
 }
 
 fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, PassError> {
@@ -428,8 +517,8 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
                 Ok(s) => calib.act = Some(s),
                 Err(e) => cx.note(|| format!("warning: AWQ calibration failed ({e}): falling back to RTN")),
             },
-            _ => match hessians(model, cx, names, cfg.runs) {
-                Ok(h) => calib.hess = Some(h),
+            _ => match Staged::plan(model, cx, &main, cfg) {
+                Ok(st) => calib.staged = Some(st),
                 Err(e) => cx.note(|| format!("warning: GPTQ calibration failed ({e}): falling back to RTN")),
             },
         }
@@ -484,19 +573,6 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
     Ok(rewrites)
 }
 
-/// GPTQ's calibration: the Hessian of every value in `names` over the calibration inputs.
-fn hessians(
-    model: &Model,
-    cx: &mut PassContext,
-    names: HashSet<String>,
-    runs: usize,
-) -> Result<HashMap<String, Hessian>, String> {
-    let feeds = awq::calibration_feeds(model, cx, runs, "GPTQ")?;
-    let mut obs = HessianObserver::new(names);
-    awq::run_observed(model, &feeds, &mut obs)?;
-    Ok(obs.finish())
-}
-
 fn any_in_subgraphs(g: &Graph, opset: i64, cfg: &Config) -> bool {
     g.nodes().any(|id| {
         g.node(id).subgraphs().any(|sg| !select(sg, opset, cfg).0.is_empty() || any_in_subgraphs(sg, opset, cfg))
@@ -545,46 +621,120 @@ fn process(
         cx.note(|| w);
     }
     let low_bits = if cfg.gateup < 4 { swiglu_projections(g, &cands, cfg.gateup, cx) } else { HashSet::new() };
-    // Quantised weights by (weight, layout key, bits), reused by nodes sharing a weight (RTN only).
-    let mut cache: HashMap<(ValueId, u32, u8), Shared> = HashMap::new();
-    for c in &cands {
-        let bits = if low_bits.contains(&c.node) { cfg.gateup } else { 4 };
-        let xname = g.value(c.x).name.clone();
-        let name = c.name.clone();
-        let mut plan = Plan { bits, method: Method::Rtn, act: None, hess: None };
-        match (cfg.method, calib) {
-            (Method::Rtn, _) => {}
-            (m, None) => {
-                let what = m.name().to_uppercase();
-                cx.note(|| format!("{} at '{name}': in a subgraph, which {what} calibration does not see: RTN", c.op));
+    let mut q = Quantiser { cfg, low_bits, cache: HashMap::new(), n: 0, stopped: false };
+    let staged = calib.and_then(|c| c.staged.as_ref()).filter(|_| cfg.method == Method::Gptq);
+    match staged {
+        Some(st) => {
+            let mut by_x: HashMap<String, Vec<&Cand>> = HashMap::new();
+            for c in &cands {
+                by_x.entry(g.value(c.x).name.clone()).or_default().push(c);
             }
-            (Method::Awq, Some(cal)) => match cal.act.as_ref().map(|st| st.get(&xname)) {
-                Some(Some(a)) if a.k == c.k && a.sample_rows() > 0 => {
-                    plan.method = Method::Awq;
-                    plan.act = Some(a);
+            for group in &st.groups {
+                let mut grams = st.gather(group);
+                if let Err(e) = &grams {
+                    cx.note(|| format!("warning: GPTQ calibration failed ({e}): RTN for the inputs of this pass"));
                 }
-                Some(_) => cx.note(|| format!("{} at '{name}': no calibration rows for its input: RTN", c.op)),
-                None => cx.note(|| format!("{} at '{name}': AWQ calibration failed: RTN", c.op)),
-            },
-            (Method::Gptq, Some(cal)) => match cal.hess.as_ref().map(|h| h.get(&xname)) {
-                Some(Some(h)) if h.dim == c.k && h.rows > 0 => {
-                    plan.method = Method::Gptq;
-                    plan.hess = Some(h);
+                for xname in group {
+                    let gram = grams.as_mut().ok().and_then(|m| m.remove(xname));
+                    let h = gram.filter(|gm| gm.rows > 0).map(|gm| Hessian::from_gram(&gm));
+                    for c in by_x.remove(xname).unwrap_or_default() {
+                        let hess = match &h {
+                            Some(h) if h.dim == c.k => Ok(h),
+                            _ if grams.is_err() => Err("GPTQ calibration failed"),
+                            _ => Err("no calibration rows for its input"),
+                        };
+                        let plan = match hess {
+                            Ok(h) => Plan { bits: q.bits(c), method: Method::Gptq, act: None, hess: Some(h) },
+                            Err(why) => {
+                                let (op, name) = (c.op.clone(), c.name.clone());
+                                cx.note(|| format!("{op} at '{name}': {why}: RTN"));
+                                q.rtn(c)
+                            }
+                        };
+                        q.quantise(g, c, plan, cx, totals);
+                    }
+                    // GPTQ's work buffers (K x K and N x K, a different size per input) would
+                    // otherwise stay with the allocator and add up over the layers.
+                    optc_ir::mem::trim_heap();
+                    if q.stopped {
+                        return n + q.n;
+                    }
                 }
-                Some(_) => cx.note(|| format!("{} at '{name}': no calibration rows for its input: RTN", c.op)),
-                None => cx.note(|| format!("{} at '{name}': GPTQ calibration failed: RTN", c.op)),
-            },
+                drop(grams);
+                optc_ir::mem::trim_heap();
+            }
+            // Inputs the plan did not know (none when it saw the same graph): RTN.
+            for c in by_x.into_values().flatten() {
+                let plan = q.rtn(c);
+                q.quantise(g, c, plan, cx, totals);
+            }
         }
-        if !cx.rewrite() {
-            break;
+        None => {
+            for c in &cands {
+                let xname = g.value(c.x).name.clone();
+                let name = c.name.clone();
+                let mut plan = q.rtn(c);
+                match (cfg.method, calib) {
+                    (Method::Rtn, _) => {}
+                    (m, None) => {
+                        let what = m.name().to_uppercase();
+                        cx.note(|| {
+                            format!("{} at '{name}': in a subgraph, which {what} calibration does not see: RTN", c.op)
+                        });
+                    }
+                    (Method::Awq, Some(cal)) => match cal.act.as_ref().map(|st| st.get(&xname)) {
+                        Some(Some(a)) if a.k == c.k && a.sample_rows() > 0 => {
+                            plan.method = Method::Awq;
+                            plan.act = Some(a);
+                        }
+                        Some(_) => cx.note(|| format!("{} at '{name}': no calibration rows for its input: RTN", c.op)),
+                        None => cx.note(|| format!("{} at '{name}': AWQ calibration failed: RTN", c.op)),
+                    },
+                    (Method::Gptq, Some(_)) => {
+                        cx.note(|| format!("{} at '{name}': GPTQ calibration failed: RTN", c.op));
+                    }
+                }
+                q.quantise(g, c, plan, cx, totals);
+                if q.stopped {
+                    break;
+                }
+            }
         }
-        if quantise(g, c, cfg, plan, &mut cache, cx, totals) {
-            n += 1;
+    }
+    n + q.n
+}
+
+/// Quantises candidates one by one, counting rewrites and stopping when the context says so.
+struct Quantiser<'c> {
+    cfg: &'c Config,
+    /// SwiGLU gate/up projections that get `cfg.gateup` bits.
+    low_bits: HashSet<NodeId>,
+    /// Quantised weights by (weight, layout key, bits), reused by nodes sharing a weight (RTN only).
+    cache: HashMap<(ValueId, u32, u8), Shared>,
+    n: usize,
+    stopped: bool,
+}
+
+impl Quantiser<'_> {
+    fn bits(&self, c: &Cand) -> u8 {
+        if self.low_bits.contains(&c.node) { self.cfg.gateup } else { 4 }
+    }
+
+    fn rtn(&self, c: &Cand) -> Plan<'static> {
+        Plan { bits: self.bits(c), method: Method::Rtn, act: None, hess: None }
+    }
+
+    fn quantise(&mut self, g: &mut Graph, c: &Cand, plan: Plan, cx: &mut PassContext, totals: &mut Totals) {
+        if self.stopped || !cx.rewrite() {
+            self.stopped = true;
+            return;
+        }
+        if quantise(g, c, self.cfg, plan, &mut self.cache, cx, totals) {
+            self.n += 1;
         } else {
             totals.skipped += 1;
         }
     }
-    n
 }
 
 /// What a value is, as the input of a SiLU.
@@ -764,7 +914,13 @@ enum Shared {
 
 /// The weight `[n, k]` (rows are output columns).
 fn weight_rows(g: &Graph, c: &Cand) -> Option<Vec<f32>> {
-    let data = const_tensor(g, c.w)?.to_f32_vec()?;
+    let t = const_tensor(g, c.w)?;
+    let data = t.to_f32_vec()?;
+    // The pass works on its own copy: a weight mapped from the model file need not stay
+    // resident beside it (read back from the file if still used).
+    if let optc_ir::TensorData::Raw(b) | optc_ir::TensorData::External { bytes: b, .. } = &t.data {
+        optc_ir::mem::release_pages(b);
+    }
     if data.len() != c.k * c.n {
         return None;
     }
@@ -1449,6 +1605,52 @@ mod tests {
         }
     }
 
+    /// Hessians gathered over several calibration passes (a small `hessian_mem`) give the same
+    /// weights as one pass, on a chain whose later inputs depend on earlier layers.
+    #[test]
+    fn gptq_in_several_calibration_passes_matches_one() {
+        let (m, k, h, n) = (64usize, 128usize, 160usize, 96usize);
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::F32, vec![Dim::known(m as i64), Dim::known(k as i64)]).unwrap();
+        let w1 = b.init_f32("W1", &[k as i64, h as i64], &randn(k * h, 40)).unwrap();
+        let w2 = b.init_f32("W2", &[h as i64, n as i64], &randn(h * n, 41)).unwrap();
+        let w3 = b.init_f32("W3", &[h as i64, n as i64], &randn(h * n, 42)).unwrap();
+        let y1 = b.op(Op::MatMul, &[x, w1], vec![]).unwrap();
+        let r = b.op(Op::Relu, &[y1], vec![]).unwrap();
+        let y2 = b.op(Op::MatMul, &[r, w2], vec![]).unwrap();
+        let y3 = b.op(Op::MatMul, &[r, w3], vec![]).unwrap();
+        let y = b.op(Op::Add, &[y2, y3], vec![]).unwrap();
+        b.output(y, "y", None).unwrap();
+        let base = Model::new(b.finish(), 17);
+        let calib: Vec<Value> =
+            (0..2).map(|i| f32_value(&[m as i64, k as i64], &correlated_rows(m, k, 50 + i))).collect();
+        let inits = |model: &Model| -> Vec<(String, Vec<u8>)> {
+            let g = &model.graph;
+            let mut v: Vec<(String, Vec<u8>)> = g
+                .initializers
+                .iter()
+                .map(|&id| {
+                    let t = const_tensor(g, id).unwrap();
+                    (g.value(id).name.clone(), t.packed_bytes().unwrap().to_vec())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let mut one = base.clone();
+        let notes1 = run_with_calib(&mut one, "quant-w4(format=nbits,block=32,method=gptq)", calib.clone());
+        let mut many = base.clone();
+        // 0.1 MiB holds one 128- or 160-channel Gram (66 or 103 KB), not both: two passes.
+        let notes2 =
+            run_with_calib(&mut many, "quant-w4(format=nbits,block=32,method=gptq,hessian_mem=0.1)", calib.clone());
+        let said = |notes: &[(String, String)], what: &str| notes.iter().any(|(_, l)| l.contains(what));
+        assert!(said(&notes1, "Hessians of 2 input(s)") && said(&notes1, "in 1 calibration pass(es)"), "{notes1:?}");
+        assert!(said(&notes2, "in 2 calibration pass(es)"), "{notes2:?}");
+        assert!(said(&notes2, "3 weight(s) to 4 bits (gptq, block 32") && said(&notes2, "3 by GPTQ"), "{notes2:?}");
+        assert_eq!(ops(&many), ops(&one));
+        assert_eq!(inits(&many), inits(&one));
+    }
+
     #[test]
     fn gptq_without_calibration_data_and_bad_options() {
         let (m, k, n) = (8i64, 64i64, 32i64);
@@ -1459,7 +1661,12 @@ mod tests {
         assert!(text.iter().any(|l| l.contains("GPTQ on")), "{text:?}");
         let mut cx = PassContext::new(optc_cost::Target::cpu());
         let pm = PassManager::new(PassRegistry::with_builtins());
-        for (opt, what) in [("method=gptq2", "rtn, awq or gptq"), ("gateup=w3", "w4 or w2"), ("damp=-1", "damp")] {
+        for (opt, what) in [
+            ("method=gptq2", "rtn, awq or gptq"),
+            ("gateup=w3", "w4 or w2"),
+            ("damp=-1", "damp"),
+            ("hessian_mem=0", "hessian_mem"),
+        ] {
             let e = pm.run(&mut model.clone(), &format!("quant-w4({opt})"), &mut cx).err().unwrap().to_string();
             assert!(e.contains(what), "{e}");
         }
