@@ -290,8 +290,25 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     if let Some(n) = a.max_rewrites {
         cx.budget = Budget::limited(n);
     }
+    // Long passes (calibrated quantisation) report their progress (drawn only on a terminal).
+    let pass_bar = indicatif::ProgressBar::new(0);
+    if !a.quiet {
+        pass_bar.set_style(
+            indicatif::ProgressStyle::with_template("[{prefix}] {msg} {bar:30} {pos}/{len} ({elapsed}, {eta} left)")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let b = pass_bar.clone();
+        cx.progress = Some(std::sync::Arc::new(move |pass: &str, what: &str, done: usize, total: usize| {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            b.set_prefix(pass.to_string());
+            b.set_message(what.to_string());
+        }));
+    }
     let t1 = Instant::now();
-    let report = model.run_with(&manager, &a.pipeline, &mut cx)?;
+    let report = model.run_with(&manager, &a.pipeline, &mut cx);
+    pass_bar.finish_and_clear();
+    let report = report?;
     let pass_time = t1.elapsed();
     let t2 = Instant::now();
     let mut opts = SaveOptions { external: a.external_data, ..SaveOptions::default() };

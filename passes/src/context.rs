@@ -64,6 +64,10 @@ impl LayerFilter {
     }
 }
 
+/// Told how far a long pass has come: `(pass, what it is doing, done, total)`. `optc opt`
+/// draws it as a progress bar; a library caller may log it or leave it unset.
+pub type ProgressFn = std::sync::Arc<dyn Fn(&str, &str, usize, usize) + Send + Sync>;
+
 pub struct PassContext {
     pub target: Target,
     pub budget: Budget,
@@ -77,6 +81,8 @@ pub struct PassContext {
     pub calib: Option<Calibration>,
     /// The layers quantisers may touch.
     pub layers: LayerFilter,
+    /// Where long passes report their progress ([`PassContext::progress`]).
+    pub progress: Option<ProgressFn>,
     explanations: Vec<(String, String)>,
     reports: Vec<(String, String)>,
     current_pass: String,
@@ -92,6 +98,7 @@ impl PassContext {
             cost_each: false,
             calib: None,
             layers: LayerFilter::default(),
+            progress: None,
             explanations: Vec::new(),
             reports: Vec::new(),
             current_pass: String::new(),
@@ -113,6 +120,14 @@ impl PassContext {
     pub fn note(&mut self, message: impl FnOnce() -> String) {
         if self.explain {
             self.explanations.push((self.current_pass.clone(), message()));
+        }
+    }
+
+    /// Reports that `done` of `total` steps of `what` are finished (a no-op without a
+    /// [`ProgressFn`]). A pass reports `done == total` when it is through.
+    pub fn progress(&self, what: &str, done: usize, total: usize) {
+        if let Some(f) = &self.progress {
+            f(&self.current_pass, what, done, total);
         }
     }
 

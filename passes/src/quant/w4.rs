@@ -512,6 +512,9 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
     let mut calib = Calib::default();
     if cfg.method != Method::Rtn && !main.is_empty() {
         let names: HashSet<String> = main.iter().map(|c| model.graph.value(c.x).name.clone()).collect();
+        if cfg.method == Method::Awq {
+            cx.progress("AWQ calibration", 0, main.len());
+        }
         match cfg.method {
             Method::Awq => match awq::calibrate(model, cx, names, cfg.rows, cfg.runs) {
                 Ok(s) => calib.act = Some(s),
@@ -621,7 +624,10 @@ fn process(
         cx.note(|| w);
     }
     let low_bits = if cfg.gateup < 4 { swiglu_projections(g, &cands, cfg.gateup, cx) } else { HashSet::new() };
-    let mut q = Quantiser { cfg, low_bits, cache: HashMap::new(), n: 0, stopped: false };
+    // Progress is reported for the main graph (the one `calib` belongs to).
+    let total = if calib.is_some() { cands.len() } else { 0 };
+    let what = format!("quantising weights ({})", cfg.method.name());
+    let mut q = Quantiser { cfg, low_bits, cache: HashMap::new(), n: 0, stopped: false, done: 0, total, what };
     let staged = calib.and_then(|c| c.staged.as_ref()).filter(|_| cfg.method == Method::Gptq);
     match staged {
         Some(st) => {
@@ -629,7 +635,11 @@ fn process(
             for c in &cands {
                 by_x.entry(g.value(c.x).name.clone()).or_default().push(c);
             }
-            for group in &st.groups {
+            let passes = st.groups.len();
+            for (i, group) in st.groups.iter().enumerate() {
+                if total > 0 {
+                    cx.progress(&format!("GPTQ calibration pass {} of {passes}", i + 1), q.done, total);
+                }
                 let mut grams = st.gather(group);
                 if let Err(e) = &grams {
                     cx.note(|| format!("warning: GPTQ calibration failed ({e}): RTN for the inputs of this pass"));
@@ -713,6 +723,10 @@ struct Quantiser<'c> {
     cache: HashMap<(ValueId, u32, u8), Shared>,
     n: usize,
     stopped: bool,
+    /// Candidates handled, of `total` (0: no progress reports), doing `what`.
+    done: usize,
+    total: usize,
+    what: String,
 }
 
 impl Quantiser<'_> {
@@ -733,6 +747,10 @@ impl Quantiser<'_> {
             self.n += 1;
         } else {
             totals.skipped += 1;
+        }
+        self.done += 1;
+        if self.total > 0 {
+            cx.progress(&self.what, self.done, self.total);
         }
     }
 }
@@ -1649,6 +1667,27 @@ mod tests {
         assert!(said(&notes2, "3 weight(s) to 4 bits (gptq, block 32") && said(&notes2, "3 by GPTQ"), "{notes2:?}");
         assert_eq!(ops(&many), ops(&one));
         assert_eq!(inits(&many), inits(&one));
+        // Progress: each calibration pass, then each weight, ending at 3 of 3.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut cx = PassContext::new(optc_cost::Target::cpu());
+        cx.calib = Some(crate::Calibration {
+            feeds: calib.into_iter().map(|x| [("x".to_string(), x)].into_iter().collect()).collect(),
+        });
+        let s2 = seen.clone();
+        cx.progress = Some(std::sync::Arc::new(move |pass: &str, what: &str, done, total| {
+            s2.lock().unwrap().push(format!("{pass}: {what} {done}/{total}"));
+        }));
+        let pm = PassManager::new(PassRegistry::with_builtins());
+        pm.run(&mut base.clone(), "quant-w4(format=nbits,block=32,method=gptq,hessian_mem=0.1)", &mut cx).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let want = [
+            "quant-w4: GPTQ calibration pass 1 of 2 0/3",
+            "quant-w4: quantising weights (gptq) 1/3",
+            "quant-w4: GPTQ calibration pass 2 of 2 1/3",
+            "quant-w4: quantising weights (gptq) 2/3",
+            "quant-w4: quantising weights (gptq) 3/3",
+        ];
+        assert_eq!(seen, want);
     }
 
     #[test]
