@@ -294,15 +294,22 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     let pass_bar = indicatif::ProgressBar::new(0);
     if !a.quiet {
         pass_bar.set_style(
-            indicatif::ProgressStyle::with_template("[{prefix}] {msg} {bar:30} {pos}/{len} ({elapsed}, {eta} left)")
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} ({elapsed}, {eta} left)")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let b = pass_bar.clone();
+        let last = std::sync::Mutex::new(String::new());
         cx.progress = Some(std::sync::Arc::new(move |pass: &str, what: &str, done: usize, total: usize| {
+            // A new pass starts its own clock.
+            if let Ok(mut l) = last.lock() {
+                if *l != pass {
+                    b.reset();
+                    *l = pass.to_string();
+                }
+            }
+            b.set_message(format!("[{pass}] {what}"));
             b.set_length(total as u64);
             b.set_position(done as u64);
-            b.set_prefix(pass.to_string());
-            b.set_message(what.to_string());
         }));
     }
     let t1 = Instant::now();

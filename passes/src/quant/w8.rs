@@ -1352,8 +1352,14 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
         };
         // Min/max merge in any order: the runs go in parallel, each with its own observer.
         // Histograms grow in the order they see values, so those runs stay sequential.
+        let n = feeds.len();
+        cx.progress("calibrating", 0, n);
         let failed = if obs.hist || feeds.len() < 2 {
-            feeds.iter().find_map(|feed| ev.run_observed(feed, Some(&mut obs)).err())
+            feeds.iter().enumerate().find_map(|(i, feed)| {
+                let r = ev.run_observed(feed, Some(&mut obs)).err();
+                cx.progress("calibrating", i + 1, n);
+                r
+            })
         } else {
             use rayon::prelude::*;
             let parts: Vec<Result<RangeObserver, optc_eval::EvalError>> = feeds
@@ -1363,6 +1369,7 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
                     ev.run_observed(feed, Some(&mut o)).map(|_| o)
                 })
                 .collect();
+            cx.progress("calibrating", n, n);
             let mut err = None;
             for p in parts {
                 match p {
