@@ -301,11 +301,11 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
         let last = std::sync::Mutex::new(String::new());
         cx.progress = Some(std::sync::Arc::new(move |pass: &str, what: &str, done: usize, total: usize| {
             // A new pass starts its own clock.
-            if let Ok(mut l) = last.lock() {
-                if *l != pass {
-                    b.reset();
-                    *l = pass.to_string();
-                }
+            if let Ok(mut l) = last.lock()
+                && *l != pass
+            {
+                b.reset();
+                *l = pass.to_string();
             }
             b.set_message(format!("[{pass}] {what}"));
             b.set_length(total as u64);
