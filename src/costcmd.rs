@@ -230,15 +230,7 @@ fn parse_workload(s: &str) -> anyhow::Result<Workload> {
     Ok(w)
 }
 
-pub fn fmt_time(s: f64) -> String {
-    if s >= 1.0 {
-        format!("{s:.3} s")
-    } else if s >= 1e-3 {
-        format!("{:.3} ms", s * 1e3)
-    } else {
-        format!("{:.1} us", s * 1e6)
-    }
-}
+pub use optc::cost::fmt_time;
 
 fn fmt_num(x: f64) -> String {
     let (v, u) = if x >= 1e12 {

@@ -121,3 +121,14 @@ impl std::fmt::Display for Precision {
         f.write_str(self.name())
     }
 }
+
+/// A time in seconds as people read it: `1.234 s`, `12.345 ms` or `123.4 us`.
+pub fn fmt_time(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} us", s * 1e6)
+    }
+}

@@ -13,6 +13,51 @@ mod opset;
 pub mod w4;
 pub mod w8;
 
+/// What every quantiser reports after it ran (`optc opt` prints it after its summary): the
+/// quantised model's output error against the float model it came from, measured by the
+/// evaluator on one input set (the first calibration input, else a seeded random one), next to
+/// LIFE's predicted latency and the weight bytes of both. Nothing is reported when the pass
+/// changed nothing; a model the evaluator cannot run is said so instead of an error figure.
+pub(crate) fn report_error(before: &optc_ir::Model, after: &optc_ir::Model, cx: &mut crate::PassContext) {
+    use optc_ir::Graph;
+    let (feed, what) = match cx.calib.as_ref().and_then(|c| c.feeds.first()) {
+        Some(f) => (Ok(f.clone()), "the first calibration input"),
+        None => (awq::random_feeds(before, &cx.dims, 1).map(|(mut f, _)| f.remove(0)), "a seeded random input"),
+    };
+    let g = &before.graph;
+    let known: Vec<&str> = g.inputs.iter().map(|d| g.value(d.value).name.as_str()).collect();
+    let error = feed.and_then(|mut f| {
+        f.retain(|k, _| known.contains(&k.as_str()));
+        let feeds = [f];
+        let reference = crate::prune::depth::run_all(before, &feeds)?;
+        let got = crate::prune::depth::run_all(after, &feeds)?;
+        let (rel, cos) = crate::prune::depth::output_error(&reference, &got);
+        Ok((rel, cos, feeds.into_iter().next().unwrap_or_default()))
+    });
+    let predict = |g: &Graph, opset: i64, dims| optc_cost::estimate(g, opset, &cx.target, dims).totals.time_s;
+    let (dims, measured) = match &error {
+        Ok((rel, cos, feed)) => (
+            crate::calib::dims_from_feed(before, Some(feed), &cx.dims),
+            format!("output error {rel:.3e} (relative squared), cosine {cos:.5} on {what}"),
+        ),
+        Err(e) => (cx.dims.clone(), format!("output error not measured ({e})")),
+    };
+    let t0 = predict(&before.graph, before.opset("").unwrap_or(1), &dims);
+    let t1 = predict(&after.graph, after.opset("").unwrap_or(1), &dims);
+    let (b0, b1) = (before.graph.param_bytes(), after.graph.param_bytes());
+    let target = cx.target.name.clone();
+    let mut bound: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    bound.sort();
+    let at = if bound.is_empty() { String::new() } else { format!(" at {}", bound.join(",")) };
+    cx.report(format!(
+        "{measured}; LIFE on '{target}'{at}: {} -> {} predicted, weights {:.2} MB -> {:.2} MB",
+        optc_cost::fmt_time(t0),
+        optc_cost::fmt_time(t1),
+        b0 as f64 / 1e6,
+        b1 as f64 / 1e6
+    ));
+}
+
 /// Bit widths the block quantiser handles.
 pub const BITS: [u8; 3] = [2, 4, 8];
 

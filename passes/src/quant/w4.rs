@@ -197,7 +197,13 @@ impl Pass for QuantW4 {
     }
     fn run(&self, model: &mut Model, cx: &mut PassContext, opts: &PassOptions) -> Result<PassOutcome, PassError> {
         let Some(cfg) = config(opts, cx)? else { return Ok(PassOutcome::default()) };
-        run(model, cx, &cfg).map(|rewrites| PassOutcome { rewrites })
+        // The float model, to measure the output error against (a clone shares the weight data).
+        let before = model.clone();
+        let rewrites = run(model, cx, &cfg)?;
+        if rewrites > 0 {
+            super::report_error(&before, model, cx);
+        }
+        Ok(PassOutcome { rewrites })
     }
 }
 
@@ -1621,6 +1627,35 @@ mod tests {
             let (e_rtn, e_gptq) = (mse(&eval(&rtn, &held)), mse(&eval(&gq, &held)));
             assert!(e_gptq < 0.8 * e_rtn, "block {block} act_order {act_order}: gptq {e_gptq:.4e} rtn {e_rtn:.4e}");
         }
+    }
+
+    /// The pass reports the output error it measured against the float model, with LIFE's
+    /// prediction and the weight bytes; nothing when it quantised nothing.
+    #[test]
+    fn reports_measured_output_error_with_life() {
+        let (m, k, n) = (8i64, 256i64, 64i64);
+        let base = matmul_model(m, k, n, &randn((k * n) as usize, 60), 17);
+        let x = f32_value(&[m, k], &randn((m * k) as usize, 61));
+        let mut cx = PassContext::new(optc_cost::Target::cpu());
+        cx.calib = Some(crate::Calibration { feeds: vec![[("x".to_string(), x.clone())].into_iter().collect()] });
+        let pm = PassManager::new(PassRegistry::with_builtins());
+        let mut q = base.clone();
+        pm.run(&mut q, "quant-w4(format=nbits,block=32)", &mut cx).unwrap();
+        let lines: Vec<&str> = cx.reports().iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        // The figure is the evaluator's: recompute it.
+        let (want, got) = (eval(&base, &x), eval(&q, &x));
+        let num: f64 = want.iter().zip(&got).map(|(a, b)| ((b - a) as f64).powi(2)).sum();
+        let den: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum();
+        assert!(num > 0.0);
+        let text = format!("output error {:.3e} (relative squared)", num / den);
+        assert!(lines[0].starts_with(&text), "{} vs {text}", lines[0]);
+        assert!(lines[0].contains("on the first calibration input; LIFE on 'cpu': "), "{}", lines[0]);
+        assert!(lines[0].contains("weights 0.07 MB -> 0.01 MB"), "{}", lines[0]);
+        // Nothing quantised (every node excluded): no report.
+        let mut cx = PassContext::new(optc_cost::Target::cpu());
+        pm.run(&mut base.clone(), "quant-w4(min_size=100000000)", &mut cx).unwrap();
+        assert!(cx.reports().is_empty(), "{:?}", cx.reports());
     }
 
     /// Hessians gathered over several calibration passes (a small `hessian_mem`) give the same

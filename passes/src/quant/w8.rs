@@ -139,7 +139,13 @@ impl Pass for QuantW8 {
     }
     fn run(&self, model: &mut Model, cx: &mut PassContext, opts: &PassOptions) -> Result<PassOutcome, PassError> {
         let cfg = config(opts, cx)?;
-        run(model, cx, &cfg).map(|rewrites| PassOutcome { rewrites })
+        // The float model, to measure the output error against (a clone shares the weight data).
+        let before = model.clone();
+        let rewrites = run(model, cx, &cfg)?;
+        if rewrites > 0 {
+            super::report_error(&before, model, cx);
+        }
+        Ok(PassOutcome { rewrites })
     }
 }
 
@@ -1729,8 +1735,17 @@ mod tests {
         let mut cx = PassContext::new(optc_cost::Target::cpu());
         cx.explain = true;
         cx.calib = Some(Calibration { feeds });
+        let before = model.clone();
         PassManager::new(PassRegistry::with_builtins()).run(model, pipeline, &mut cx).unwrap();
         optc_ir::verify::verify_model(model).unwrap();
+        // Whenever the pass changed the model it reports the output error it measured.
+        let reports: Vec<&str> = cx.reports().iter().map(|(_, l)| l.as_str()).collect();
+        if ops(model) != ops(&before) {
+            assert!(
+                reports.iter().any(|l| l.starts_with("output error") && l.contains("LIFE on 'cpu'")),
+                "{reports:?}"
+            );
+        }
         cx.explanations().iter().map(|(_, l)| l.clone()).collect()
     }
 
