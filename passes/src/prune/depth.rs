@@ -178,18 +178,21 @@ pub fn run_all(model: &Model, feeds: &[Feed]) -> Result<Vec<Vec<Vec<f32>>>, Stri
     let mut all = Vec::with_capacity(feeds.len());
     for f in feeds {
         let outs = ev.run(f).map_err(|e| e.to_string())?;
-        all.push(
-            outs.iter()
-                .map(|(_, v)| match v.tensor() {
-                    Some(t) if t.dtype().is_float() => {
-                        t.to_f64_vec().unwrap_or_default().into_iter().map(|x| x as f32).collect()
-                    }
-                    _ => Vec::new(),
-                })
-                .collect(),
-        );
+        all.push(float_outputs(&outs));
     }
     Ok(all)
+}
+
+/// The float outputs of one run, flattened (an empty vector for each other output).
+pub fn float_outputs(outs: &[(String, optc_eval::Value)]) -> Vec<Vec<f32>> {
+    outs.iter()
+        .map(|(_, v)| match v.tensor() {
+            Some(t) if t.dtype().is_float() => {
+                t.to_f64_vec().unwrap_or_default().into_iter().map(|x| x as f32).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 /// Relative squared error and cosine similarity of `got` against `reference`, over all runs and

@@ -13,26 +13,54 @@ mod opset;
 pub mod w4;
 pub mod w8;
 
+/// The float model's outputs on one input, kept by a pass whose calibration ran it.
+pub(crate) struct Reference {
+    pub feed: crate::calib::Feed,
+    pub outputs: Vec<Vec<f32>>,
+}
+
 /// What every quantiser reports after it ran (`optc opt` prints it after its summary): the
 /// quantised model's output error against the float model it came from, measured by the
 /// evaluator on one input set (the first calibration input, else a seeded random one), next to
 /// LIFE's predicted latency and the weight bytes of both. Nothing is reported when the pass
 /// changed nothing; a model the evaluator cannot run is said so instead of an error figure.
-pub(crate) fn report_error(before: &optc_ir::Model, after: &optc_ir::Model, cx: &mut crate::PassContext) {
+///
+/// `reference`: the float model's outputs on that input when the pass has them already (its
+/// calibration ran it), which saves running it again.
+pub(crate) fn report_error(
+    before: &optc_ir::Model,
+    after: &optc_ir::Model,
+    reference: Option<Reference>,
+    cx: &mut crate::PassContext,
+) {
     use optc_ir::Graph;
-    let (feed, what) = match cx.calib.as_ref().and_then(|c| c.feeds.first()) {
-        Some(f) => (Ok(f.clone()), "the first calibration input"),
-        None => (awq::random_feeds(before, &cx.dims, 1).map(|(mut f, _)| f.remove(0)), "a seeded random input"),
-    };
+    let calibrated = cx.calib.as_ref().is_some_and(|c| !c.feeds.is_empty());
+    let what = if calibrated { "the first calibration input" } else { "a seeded random input" };
     let g = &before.graph;
     let known: Vec<&str> = g.inputs.iter().map(|d| g.value(d.value).name.as_str()).collect();
-    let error = feed.and_then(|mut f| {
-        f.retain(|k, _| known.contains(&k.as_str()));
-        let feeds = [f];
-        let reference = crate::prune::depth::run_all(before, &feeds)?;
-        let got = crate::prune::depth::run_all(after, &feeds)?;
-        let (rel, cos) = crate::prune::depth::output_error(&reference, &got);
-        Ok((rel, cos, feeds.into_iter().next().unwrap_or_default()))
+    let error = match reference {
+        Some(r) => Ok(r),
+        None => {
+            let feed = match cx.calib.as_ref().and_then(|c| c.feeds.first()) {
+                Some(f) => Ok(f.clone()),
+                None => awq::random_feeds(before, &cx.dims, 1).map(|(mut f, _)| f.remove(0)),
+            };
+            feed.and_then(|mut f| {
+                f.retain(|k, _| known.contains(&k.as_str()));
+                let feeds = [f];
+                let outs = crate::prune::depth::run_all(before, &feeds)?;
+                let [f] = feeds;
+                Ok(Reference { feed: f, outputs: outs.into_iter().next().unwrap_or_default() })
+            })
+        }
+    }
+    .and_then(|r| {
+        // The float model's evaluator is gone: hand its memory back before the next one.
+        optc_ir::mem::trim_heap();
+        let got = crate::prune::depth::run_all(after, std::slice::from_ref(&r.feed))?;
+        optc_ir::mem::trim_heap();
+        let (rel, cos) = crate::prune::depth::output_error(std::slice::from_ref(&r.outputs), &got);
+        Ok((rel, cos, r.feed))
     });
     let predict = |g: &Graph, opset: i64, dims| optc_cost::estimate(g, opset, &cx.target, dims).totals.time_s;
     let (dims, measured) = match &error {

@@ -201,7 +201,7 @@ impl Pass for QuantW4 {
         let before = model.clone();
         let rewrites = run(model, cx, &cfg)?;
         if rewrites > 0 {
-            super::report_error(&before, model, cx);
+            super::report_error(&before, model, None, cx);
         }
         Ok(PassOutcome { rewrites })
     }

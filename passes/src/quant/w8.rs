@@ -141,9 +141,10 @@ impl Pass for QuantW8 {
         let cfg = config(opts, cx)?;
         // The float model, to measure the output error against (a clone shares the weight data).
         let before = model.clone();
-        let rewrites = run(model, cx, &cfg)?;
+        let mut reference = None;
+        let rewrites = run(model, cx, &cfg, &mut reference)?;
         if rewrites > 0 {
-            super::report_error(&before, model, cx);
+            super::report_error(&before, model, reference, cx);
         }
         Ok(PassOutcome { rewrites })
     }
@@ -1296,7 +1297,14 @@ struct Totals {
     bytes_after: u64,
 }
 
-fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, PassError> {
+/// Quantises `model`; `reference` receives the float model's outputs on the first calibration
+/// input (for the error report).
+fn run(
+    model: &mut Model,
+    cx: &mut PassContext,
+    cfg: &Config,
+    reference: &mut Option<super::Reference>,
+) -> Result<usize, PassError> {
     let opset = model.opset("").unwrap_or(1);
     if opset < 10 {
         cx.note(|| format!("the model imports opset {opset}; QuantizeLinear needs 10: nothing quantised"));
@@ -1360,26 +1368,44 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
         // Histograms grow in the order they see values, so those runs stay sequential.
         let n = feeds.len();
         cx.progress("calibrating", 0, n);
+        // The float model's outputs on the first input, for the error report.
+        let mut first: Option<Vec<Vec<f32>>> = None;
+        let outputs = crate::prune::depth::float_outputs;
         let failed = if obs.hist || feeds.len() < 2 {
             feeds.iter().enumerate().find_map(|(i, feed)| {
-                let r = ev.run_observed(feed, Some(&mut obs)).err();
+                let r = match ev.run_observed(feed, Some(&mut obs)) {
+                    Ok(outs) => {
+                        if i == 0 {
+                            first = Some(outputs(&outs));
+                        }
+                        None
+                    }
+                    Err(e) => Some(e),
+                };
                 cx.progress("calibrating", i + 1, n);
                 r
             })
         } else {
             use rayon::prelude::*;
-            let parts: Vec<Result<RangeObserver, optc_eval::EvalError>> = feeds
+            type Part = (RangeObserver, Option<Vec<Vec<f32>>>);
+            let parts: Vec<Result<Part, optc_eval::EvalError>> = feeds
                 .par_iter()
-                .map(|feed| {
+                .enumerate()
+                .map(|(i, feed)| {
                     let mut o = obs.empty_like();
-                    ev.run_observed(feed, Some(&mut o)).map(|_| o)
+                    ev.run_observed(feed, Some(&mut o)).map(|outs| (o, (i == 0).then(|| outputs(&outs))))
                 })
                 .collect();
             cx.progress("calibrating", n, n);
             let mut err = None;
             for p in parts {
                 match p {
-                    Ok(o) => obs.merge(o),
+                    Ok((o, out)) => {
+                        obs.merge(o);
+                        if out.is_some() {
+                            first = out;
+                        }
+                    }
                     Err(e) => {
                         err.get_or_insert(e);
                     }
@@ -1387,6 +1413,7 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
             }
             err
         };
+        *reference = first.zip(feeds.first()).map(|(outputs, feed)| super::Reference { feed: feed.clone(), outputs });
         if let Some(e) = failed {
             cx.note(|| format!("warning: calibration run failed ({e}): nothing quantised"));
             return Ok(0);
@@ -1542,6 +1569,11 @@ fn run(model: &mut Model, cx: &mut PassContext, cfg: &Config) -> Result<usize, P
         if let std::collections::hash_map::Entry::Vacant(slot) = wcache.entry(key) {
             let Some(tensor) = f32_const(g, w.w) else { continue };
             let Some(data) = tensor.to_f32_vec() else { continue };
+            // The pass works on its own copy: a weight mapped from the model file need not stay
+            // resident beside it (read back from the file if still used).
+            if let optc_ir::TensorData::Raw(b) | optc_ir::TensorData::External { bytes: b, .. } = &tensor.data {
+                optc_ir::mem::release_pages(b);
+            }
             let dims: Vec<usize> = tensor.dims.iter().map(|&d| d.max(0) as usize).collect();
             if data.len() != dims.iter().product::<usize>() {
                 continue;
