@@ -13,8 +13,10 @@ same arrays to onnxruntime's CalibrationDataReader). Measured per model:
     3 sessions per model in interleaved rounds (rotating order), per round and session the
     median per-run CPU time of the calling thread (wall time in the JSON too), per session its
     fastest round, median over sessions;
-  - tool wall time: `optc opt ... quant-w8` and a python process running quantize_static, each
-    in its own process;
+  - tool wall time: `optc opt ... quant-w8 -q` (quantise and write, as a pipeline runs it: no
+    summary, no LIFE figures, no measured output error) and a python process running
+    quantize_static, each in its own process; optc is run once more with `--explain`, untimed,
+    for its summary and its error report;
   - LIFE predicted latency and weight bytes (`optc cost --json`, targets cpu and npu, symbolic
     input dims bound to the benchmark shapes) and the file size of each model.
 Models that already hold QuantizeLinear/DequantizeLinear/MatMulNBits are not float and are
@@ -177,13 +179,19 @@ def bench_model(args, src: Path, work: Path) -> dict:
     outs = {"optc": work / "optc_w8.onnx", "optc_pof2": work / "optc_w8_pof2.onnx", "ort": work / "ort_w8.onnx"}
     for key, opts in [("optc", ""), ("optc_pof2", "(pof2=true)")]:
         t, r = timed([args.optc, "opt", str(src), "-p", f"quant-w8{opts}", "-o", str(outs[key]), "--calib",
-                      str(calib), "--explain"])
+                      str(calib), "-q"])
         res[f"{key}_tool_s"] = t
+        if r.returncode == 0:
+            _, r = timed([args.optc, "opt", str(src), "-p", f"quant-w8{opts}", "-o", str(outs[key]), "--calib",
+                          str(calib), "--explain"])
         if r.returncode != 0:
             res[f"{key}_error"] = r.stderr.strip()[-800:]
         else:
-            summary = [ln for ln in r.stdout.splitlines() + r.stderr.splitlines() if "quantised" in ln and "node(s)" in ln]
+            lines = r.stdout.splitlines() + r.stderr.splitlines()
+            summary = [ln for ln in lines if "quantised" in ln and "node(s)" in ln]
             res[f"{key}_summary"] = summary[-1] if summary else ""
+            report = [ln for ln in lines if ln.startswith("[quant-w8] output error")]
+            res[f"{key}_report"] = report[-1] if report else ""
     t, r = timed([sys.executable, "-c", ORT_QUANT, str(src), str(calib), str(outs["ort"])])
     res["ort_tool_s"] = t
     if r.returncode != 0:

@@ -275,6 +275,7 @@ fn cmd_opt(a: OptArgs) -> anyhow::Result<()> {
     cx.explain = a.explain;
     cx.dims = costcmd::parse_dims(&a.dims)?;
     cx.cost_each = !a.quiet;
+    cx.measure_error = !a.quiet;
     if let Some(dir) = &a.calib {
         cx.calib = Some(load_calib(dir)?);
     }

@@ -77,6 +77,9 @@ pub struct PassContext {
     pub dims: std::collections::HashMap<String, i64>,
     /// Predict the latency on `target` (LIFE) before and after each pass, for the report.
     pub cost_each: bool,
+    /// Quantisers measure their output error against the float model for the report (one more
+    /// run of the model on one input); `optc opt` asks for it unless `-q`.
+    pub measure_error: bool,
     /// Calibration inputs (`--calib`); passes that need some make seeded random ones without.
     pub calib: Option<Calibration>,
     /// The layers quantisers may touch.
@@ -96,6 +99,7 @@ impl PassContext {
             explain: false,
             dims: Default::default(),
             cost_each: false,
+            measure_error: false,
             calib: None,
             layers: LayerFilter::default(),
             progress: None,

@@ -200,7 +200,7 @@ impl Pass for QuantW4 {
         // The float model, to measure the output error against (a clone shares the weight data).
         let before = model.clone();
         let rewrites = run(model, cx, &cfg)?;
-        if rewrites > 0 {
+        if rewrites > 0 && cx.measure_error {
             super::report_error(&before, model, None, cx);
         }
         Ok(PassOutcome { rewrites })
@@ -1637,6 +1637,7 @@ mod tests {
         let base = matmul_model(m, k, n, &randn((k * n) as usize, 60), 17);
         let x = f32_value(&[m, k], &randn((m * k) as usize, 61));
         let mut cx = PassContext::new(optc_cost::Target::cpu());
+        cx.measure_error = true;
         cx.calib = Some(crate::Calibration { feeds: vec![[("x".to_string(), x.clone())].into_iter().collect()] });
         let pm = PassManager::new(PassRegistry::with_builtins());
         let mut q = base.clone();
@@ -1652,10 +1653,13 @@ mod tests {
         assert!(lines[0].starts_with(&text), "{} vs {text}", lines[0]);
         assert!(lines[0].contains("on the first calibration input; LIFE on 'cpu': "), "{}", lines[0]);
         assert!(lines[0].contains("weights 0.07 MB -> 0.01 MB"), "{}", lines[0]);
-        // Nothing quantised (every node excluded): no report.
-        let mut cx = PassContext::new(optc_cost::Target::cpu());
-        pm.run(&mut base.clone(), "quant-w4(min_size=100000000)", &mut cx).unwrap();
-        assert!(cx.reports().is_empty(), "{:?}", cx.reports());
+        // Nothing quantised (every node excluded): no report; none either unless asked for.
+        for (min_size, measure) in [(100000000, true), (16, false)] {
+            let mut cx = PassContext::new(optc_cost::Target::cpu());
+            cx.measure_error = measure;
+            pm.run(&mut base.clone(), &format!("quant-w4(min_size={min_size})"), &mut cx).unwrap();
+            assert!(cx.reports().is_empty(), "{:?}", cx.reports());
+        }
     }
 
     /// Hessians gathered over several calibration passes (a small `hessian_mem`) give the same

@@ -143,7 +143,7 @@ impl Pass for QuantW8 {
         let before = model.clone();
         let mut reference = None;
         let rewrites = run(model, cx, &cfg, &mut reference)?;
-        if rewrites > 0 {
+        if rewrites > 0 && cx.measure_error {
             super::report_error(&before, model, reference, cx);
         }
         Ok(PassOutcome { rewrites })
@@ -1766,6 +1766,7 @@ mod tests {
     fn run_with(model: &mut Model, pipeline: &str, feeds: Vec<HashMap<String, Value>>) -> Vec<String> {
         let mut cx = PassContext::new(optc_cost::Target::cpu());
         cx.explain = true;
+        cx.measure_error = true;
         cx.calib = Some(Calibration { feeds });
         let before = model.clone();
         PassManager::new(PassRegistry::with_builtins()).run(model, pipeline, &mut cx).unwrap();
