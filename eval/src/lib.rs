@@ -38,9 +38,7 @@ impl<'m> Evaluator<'m> {
                 inits.insert(v, Arc::new(Value::Tensor(Tensor::from_ir(t)?)));
                 // The evaluator has its own copy: the mapped file's pages need not stay
                 // resident beside it (a 656 MB model ran at 2.15x its size in memory).
-                if let optc_ir::TensorData::Raw(b) | optc_ir::TensorData::External { bytes: b, .. } = &t.data {
-                    optc_ir::mem::release_pages(b);
-                }
+                t.release_pages();
             }
         }
         Ok(Evaluator { model, opset: model.opset("").unwrap_or(1), inits })

@@ -104,6 +104,14 @@ impl Tensor {
         }
     }
 
+    /// Pages out this tensor's data where it is mapped from a file (`raw_data` or external
+    /// data; [`crate::mem::release_pages`]), once the caller holds its own copy of it.
+    pub fn release_pages(&self) {
+        if let TensorData::Raw(b) | TensorData::External { bytes: b, .. } = &self.data {
+            crate::mem::release_pages(b);
+        }
+    }
+
     pub fn is_external(&self) -> bool {
         matches!(self.data, TensorData::External { .. })
     }

@@ -36,11 +36,11 @@ pub(crate) fn report_error(
     use optc_ir::Graph;
     let calibrated = cx.calib.as_ref().is_some_and(|c| !c.feeds.is_empty());
     let what = if calibrated { "the first calibration input" } else { "a seeded random input" };
-    let g = &before.graph;
-    let known: Vec<&str> = g.inputs.iter().map(|d| g.value(d.value).name.as_str()).collect();
     let error = match reference {
         Some(r) => Ok(r),
         None => {
+            let g = &before.graph;
+            let known: Vec<&str> = g.inputs.iter().map(|d| g.value(d.value).name.as_str()).collect();
             let feed = match cx.calib.as_ref().and_then(|c| c.feeds.first()) {
                 Some(f) => Ok(f.clone()),
                 None => awq::random_feeds(before, &cx.dims, 1).map(|(mut f, _)| f.remove(0)),

@@ -456,15 +456,7 @@ struct Staged {
 impl Staged {
     fn plan(model: &Model, cx: &mut PassContext, cands: &[Cand], cfg: &Config) -> Result<Staged, String> {
         let g = &model.graph;
-        let weights: u64 = g
-            .initializers
-            .iter()
-            .filter_map(|&v| match &g.value(v).init {
-                Some(optc_ir::Init::Dense(t)) => Some(t.byte_size()),
-                _ => None,
-            })
-            .sum();
-        let budget = cfg.hessian_mem.unwrap_or((weights / 2).max(64 << 20));
+        let budget = cfg.hessian_mem.unwrap_or((g.param_bytes() / 2).max(64 << 20));
         let mut seen = HashSet::new();
         let mut groups: Vec<Vec<String>> = Vec::new();
         let (mut used, mut total) = (0u64, 0u64);
@@ -942,9 +934,7 @@ fn weight_rows(g: &Graph, c: &Cand) -> Option<Vec<f32>> {
     let data = t.to_f32_vec()?;
     // The pass works on its own copy: a weight mapped from the model file need not stay
     // resident beside it (read back from the file if still used).
-    if let optc_ir::TensorData::Raw(b) | optc_ir::TensorData::External { bytes: b, .. } = &t.data {
-        optc_ir::mem::release_pages(b);
-    }
+    t.release_pages();
     if data.len() != c.k * c.n {
         return None;
     }

@@ -1571,9 +1571,7 @@ fn run(
             let Some(data) = tensor.to_f32_vec() else { continue };
             // The pass works on its own copy: a weight mapped from the model file need not stay
             // resident beside it (read back from the file if still used).
-            if let optc_ir::TensorData::Raw(b) | optc_ir::TensorData::External { bytes: b, .. } = &tensor.data {
-                optc_ir::mem::release_pages(b);
-            }
+            tensor.release_pages();
             let dims: Vec<usize> = tensor.dims.iter().map(|&d| d.max(0) as usize).collect();
             if data.len() != dims.iter().product::<usize>() {
                 continue;
