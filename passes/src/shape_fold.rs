@@ -2,11 +2,18 @@
 //! (Shape, Size, Gather, Concat, Unsqueeze, Squeeze, Slice, Cast, integer Add/Sub/Mul/Div,
 //! Equal, Where, Reshape, ConstantOfShape...) and replaces it with initializers. Symbolic dims
 //! stay symbolic: `Gather(Shape(x), 1)` folds when dim 1 of `x` is known, even if dim 0 is `batch`.
+//!
+//! Shape arithmetic whose value is symbolic but equals the shape of a value it was computed
+//! from (or a run of its dims, from opset 15) becomes one `Shape` node:
+//! `Where(Equal(Reshape(Concat(Unsqueeze(Gather(Shape(x), 0)), Unsqueeze(Gather(Shape(x), 1))), [-1]), -1), 1, ...)`
+//! is `Shape(x)` when `x` has rank 2, and `Unsqueeze(Gather(Shape(x), 1), 0)` is
+//! `Shape(x, start=1, end=2)`. Exporters write such chains for every dynamic dim.
 
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
 use optc_ir::infer::Facts;
 use optc_ir::infer::{self, MAX_TRACKED};
-use optc_ir::{AttrList, DType, DimValue, Graph, Init, Model, NodeId, Op, Tensor};
+use optc_ir::{AttrList, Attribute, DType, DimValue, Graph, Init, Model, NodeId, NodeSpec, Op, Tensor, ValueId};
+use std::collections::HashSet;
 
 pub struct ShapeFold;
 
@@ -124,7 +131,109 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
         g.initializers.push(out);
         folded += 1;
     }
-    folded
+    folded + rematerialise(g, opset, &facts, cx)
+}
+
+/// How far back from a node `rematerialise` looks for the `Shape` nodes its value came from.
+const CONE_LIMIT: usize = 64;
+
+/// Replaces symbolic shape values computed by a chain of nodes with `Shape(x)` (or
+/// `Shape(x, start, end)` from opset 15) of a value `x` whose shape the chain read. Visits the
+/// nodes consumers first, so a chain is replaced at its end and the rest is left to `dce`.
+fn rematerialise(g: &mut Graph, opset: i64, facts: &Facts, cx: &mut PassContext) -> usize {
+    let Ok(order) = g.topo_order() else { return 0 };
+    let mut n_rewrites = 0;
+    for &n in order.iter().rev() {
+        if !g.contains_node(n) {
+            continue;
+        }
+        let node = g.node(n);
+        if !foldable(&node.op) || node.op == Op::Shape || node.outputs().len() != 1 {
+            continue;
+        }
+        let Some(out) = node.output(0) else { continue };
+        if g.is_unused(out) || g.is_graph_output(out) {
+            continue;
+        }
+        let Some(value) = facts.values.get(&out) else { continue };
+        if value.dtype != DType::I64 || value.dims.len() != 1 || value.known().is_some() {
+            continue;
+        }
+        if value.data.iter().any(|d| *d == DimValue::Unknown) {
+            continue;
+        }
+        let Some((x, range)) = shape_source(g, n, &value.data, opset, facts) else { continue };
+        if !cx.rewrite() {
+            break;
+        }
+        let (op, display) = (node.op.clone(), node.display_name());
+        let xname = g.value(x).name.clone();
+        let name = g.fresh_name(&format!("{xname}_shape"));
+        let Ok(v) = g.add_value(name.clone(), None) else { continue };
+        let attrs = match range {
+            Some((a, b)) => vec![Attribute::int("start", a as i64), Attribute::int("end", b as i64)],
+            None => vec![],
+        };
+        let spec = NodeSpec::new(Op::Shape, vec![Some(x)], vec![Some(v)]).named(name.clone()).attrs(attrs);
+        let Ok(s) = g.add_node(spec) else { continue };
+        g.place_like(s, n);
+        g.replace_uses(out, v);
+        let what = match range {
+            Some((a, b)) => format!("Shape('{xname}', start={a}, end={b})"),
+            None => format!("Shape('{xname}')"),
+        };
+        cx.note(|| format!("{op} '{display}' computes {what}: replaced by it"));
+        n_rewrites += 1;
+    }
+    n_rewrites
+}
+
+/// A value `x` read by a `Shape` node in the backward cone of `n` (or a graph input) whose
+/// shape is `want`, whole (`None`) or the run `start..end` of its dims (opset 15 and later).
+fn shape_source(
+    g: &Graph,
+    n: NodeId,
+    want: &[DimValue],
+    opset: i64,
+    facts: &Facts,
+) -> Option<(ValueId, Option<(usize, usize)>)> {
+    let mut candidates: Vec<ValueId> = Vec::new();
+    let mut seen: HashSet<NodeId> = HashSet::new();
+    let mut stack = vec![n];
+    while let Some(m) = stack.pop() {
+        if seen.len() >= CONE_LIMIT || !seen.insert(m) {
+            continue;
+        }
+        let node = g.node(m);
+        if node.op == Op::Shape {
+            if let Some(x) = node.input(0) {
+                candidates.push(x);
+            }
+            continue;
+        }
+        for &i in node.inputs().iter().flatten() {
+            if let Some((p, _)) = g.producer(i) {
+                stack.push(p);
+            }
+        }
+    }
+    candidates.extend(g.inputs.iter().map(|d| d.value));
+    for x in candidates {
+        let Some(shape) = facts.shape(x) else { continue };
+        let dims: Vec<&DimValue> = shape.iter().map(|d| &d.value).collect();
+        if dims.len() == want.len() && dims.iter().zip(want).all(|(a, b)| *a == b) {
+            return Some((x, None));
+        }
+        if opset < 15 || want.is_empty() {
+            continue;
+        }
+        for a in 0..dims.len().saturating_sub(want.len() - 1) {
+            if dims[a..a + want.len()].iter().zip(want).all(|(d, w)| *d == w) {
+                return Some((x, Some((a, a + want.len()))));
+            }
+        }
+    }
+    None
 }
 
 /// A constant target for a Reshape whose target is computed: known entries stay, entries equal
@@ -165,4 +274,71 @@ fn reshape_target(g: &Graph, n: NodeId, facts: &Facts) -> Option<Vec<i64>> {
         });
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{PassContext, PassManager, PassRegistry};
+    use optc_ir::builder::GraphBuilder;
+    use optc_ir::{AttrList, Attribute, DType, Dim, Model, Op};
+
+    /// `x [batch, seq]`: `y = Expand(1.0, Concat(Unsqueeze(Gather(Shape(x), 0)),
+    /// Unsqueeze(Gather(Shape(x), 1))))` and `z = Slice(table, 0, Unsqueeze(Gather(Shape(x), 1)))`.
+    fn model(opset: i64) -> Model {
+        let mut b = GraphBuilder::new("g");
+        let x = b.input("x", DType::I64, vec![Dim::sym("batch"), Dim::sym("seq")]).unwrap();
+        let s = b.op(Op::Shape, &[x], vec![]).unwrap();
+        let zero = b.init_i64("zero", &[], &[0]).unwrap();
+        let one = b.init_i64("one", &[], &[1]).unwrap();
+        let axes = b.init_i64("axes", &[1], &[0]).unwrap();
+        let g0 = b.op(Op::Gather, &[s, zero], vec![]).unwrap();
+        let g1 = b.op(Op::Gather, &[s, one], vec![]).unwrap();
+        let u0 = b.op(Op::Unsqueeze, &[g0, axes], vec![]).unwrap();
+        let u1 = b.op(Op::Unsqueeze, &[g1, axes], vec![]).unwrap();
+        let c = b.op(Op::Concat, &[u0, u1], vec![Attribute::int("axis", 0)]).unwrap();
+        let f = b.init_f32("f", &[], &[1.0]).unwrap();
+        let y = b.op(Op::Expand, &[f, c], vec![]).unwrap();
+        let table = b.init_f32("table", &[8], &[0.0; 8]).unwrap();
+        let start = b.init_i64("start", &[1], &[0]).unwrap();
+        let z = b.op(Op::Slice, &[table, start, u1], vec![]).unwrap();
+        b.output(y, "y", None).unwrap();
+        b.output(z, "z", None).unwrap();
+        Model::new(b.finish(), opset)
+    }
+
+    fn run(model: &mut Model) {
+        let mut cx = PassContext::new(optc_cost::Target::cpu());
+        PassManager::new(PassRegistry::with_builtins()).run(model, "shape-fold,dce", &mut cx).unwrap();
+        optc_ir::verify::verify_model(model).unwrap();
+    }
+
+    /// The op and integer attributes of the node that computes input `slot` of the `op` node.
+    fn producer_of(model: &Model, op: Op, slot: usize) -> (Op, Vec<(String, i64)>) {
+        let g = &model.graph;
+        let n = g.nodes().find(|&n| g.node(n).op == op).unwrap();
+        let (p, _) = g.producer(g.node(n).input(slot).unwrap()).unwrap();
+        let node = g.node(p);
+        let attrs = node.attrs.iter().filter_map(|a| Some((a.name.clone(), node.attrs.get_int(&a.name)?))).collect();
+        (node.op.clone(), attrs)
+    }
+
+    #[test]
+    fn symbolic_shape_chains_become_shape_nodes() {
+        let mut m = model(17);
+        run(&mut m);
+        assert_eq!(producer_of(&m, Op::Expand, 1), (Op::Shape, vec![]));
+        let run_of_seq = vec![("start".to_string(), 1), ("end".to_string(), 2)];
+        assert_eq!(producer_of(&m, Op::Slice, 2), (Op::Shape, run_of_seq));
+        let g = &m.graph;
+        let ops: Vec<Op> = g.nodes().map(|n| g.node(n).op.clone()).collect();
+        assert!(!ops.iter().any(|o| matches!(o, Op::Concat | Op::Unsqueeze | Op::Gather)), "{ops:?}");
+    }
+
+    #[test]
+    fn before_opset_15_only_whole_shapes_are_replaced() {
+        let mut m = model(13);
+        run(&mut m);
+        assert_eq!(producer_of(&m, Op::Expand, 1), (Op::Shape, vec![]));
+        assert_eq!(producer_of(&m, Op::Slice, 2).0, Op::Unsqueeze);
+    }
 }
