@@ -31,6 +31,8 @@ impl PassRegistry {
         r.register(crate::shape_fold::ShapeFold);
         r.register(crate::fuse::transpose::TransposeSink);
         r.register(crate::fuse::affine::FuseAffine);
+        r.register(crate::fuse::gather::FoldGather);
+        r.register(crate::fuse::bias::SinkBias);
         r.register(crate::fuse::norm::FuseNorm);
         r.register(crate::fuse::act::FuseAct);
         r.register(crate::fuse::attention::FuseAttention);

@@ -5,6 +5,8 @@
 pub mod act;
 pub mod affine;
 pub mod attention;
+pub mod bias;
+pub mod gather;
 pub mod norm;
 pub mod qkv;
 pub mod transpose;
