@@ -159,7 +159,7 @@ fn rematerialise(g: &mut Graph, opset: i64, facts: &Facts, cx: &mut PassContext)
         if value.dtype != DType::I64 || value.dims.len() != 1 || value.known().is_some() {
             continue;
         }
-        if value.data.iter().any(|d| *d == DimValue::Unknown) {
+        if value.data.contains(&DimValue::Unknown) {
             continue;
         }
         let Some((x, range)) = shape_source(g, n, &value.data, opset, facts) else { continue };
