@@ -20,7 +20,7 @@ from optc_helpers import describe_run, ort_session, run_optc
 
 MINILM = "paraphrase-MiniLM-L3-v2.onnx"
 # O2 without the attention fusion, to measure what it removes.
-O2_WITHOUT = "fixpoint(fold,identity,shape-fold,cse,transpose,fuse-bn,fuse-norm,fuse-act,fuse-qkv,dce)"
+O2_WITHOUT = "fixpoint(fold,identity,shape-fold,fold-gather,cse,transpose,fuse-bn,fuse-norm,fuse-act,fuse-qkv,sink-bias,dce)"
 
 
 def _model(name: str, optc_bin, models_dir, d: Path) -> Path:

@@ -258,7 +258,8 @@ fn fold_consumer(g: &mut Graph, n: NodeId, facts: &Facts, cx: &mut PassContext) 
     if !can_forward_output(g, c, out) || !cx.rewrite() {
         return false;
     }
-    let (Some((mut data, dims)), Some((k, _))) = (f32_const(g, table), f32_const(g, kv)) else { return false };
+    let Some((k, _)) = f32_const(g, kv) else { return false };
+    let Some(src) = t.packed_bytes() else { return false };
     let kd = &kd[idx_rank..];
     // Strides of K (broadcast: stride 0 on its size-1 dims) over the row's dims.
     let mut kstride = vec![0usize; kd.len()];
@@ -271,31 +272,42 @@ fn fold_consumer(g: &mut Graph, n: NodeId, facts: &Facts, cx: &mut PassContext) 
     }
     let row_len: usize = row_dims.iter().product::<i64>() as usize;
     let rd: Vec<usize> = row_dims.iter().map(|&d| d as usize).collect();
-    let kix: Vec<usize> = (0..row_len)
+    let krow: Vec<f32> = (0..row_len)
         .map(|mut e| {
             let mut off = 0;
             for i in (0..rd.len()).rev() {
                 off += (e % rd[i]) * kstride[i];
                 e /= rd[i];
             }
-            off
+            k[off]
         })
         .collect();
-    for row in data.chunks_mut(row_len.max(1)) {
-        for (x, &j) in row.iter_mut().zip(&kix) {
-            let kj = k[j];
-            *x = match (&cop, slot) {
-                (Op::Add, _) => *x + kj,
-                (Op::Mul, _) => *x * kj,
-                (Op::Sub, 0) => *x - kj,
-                (Op::Sub, _) => kj - *x,
-                (Op::Div, 0) => *x / kj,
-                (_, _) => kj / *x,
-            };
+    // The new table, written straight from the old one's bytes (tables are large).
+    fn apply(src: &[u8], krow: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(src.len());
+        for row in src.chunks(krow.len().max(1) * 4) {
+            for (c, &k) in row.chunks_exact(4).zip(krow) {
+                out.extend_from_slice(&f(f32::from_le_bytes([c[0], c[1], c[2], c[3]]), k).to_le_bytes());
+            }
         }
+        out
     }
-    let base = format!("{}_{}", g.value(table).name, cop.to_string().to_lowercase());
-    let Some(tv) = super::add_f32(g, &base, dims, &data) else { return false };
+    let bytes = match (&cop, slot) {
+        (Op::Add, _) => apply(&src, &krow, |x, k| x + k),
+        (Op::Mul, _) => apply(&src, &krow, |x, k| x * k),
+        (Op::Sub, 0) => apply(&src, &krow, |x, k| x - k),
+        (Op::Sub, _) => apply(&src, &krow, |x, k| k - x),
+        (Op::Div, 0) => apply(&src, &krow, |x, k| x / k),
+        _ => apply(&src, &krow, |x, k| k / x),
+    };
+    if bytes.len() != src.len() {
+        return false;
+    }
+    let name = g.fresh_name(&format!("{}_{}", g.value(table).name, cop.to_string().to_lowercase()));
+    let dims = t.dims.clone();
+    let Ok(tv) = g.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::F32, dims, bytes.into())) else {
+        return false;
+    };
     if !forward_output(g, c, out) {
         return false;
     }

@@ -197,7 +197,10 @@ pub(crate) fn f32_const(g: &Graph, v: ValueId) -> Option<(Vec<f32>, Vec<i64>)> {
 /// Adds a float32 initializer named after `base`.
 pub(crate) fn add_f32(g: &mut Graph, base: &str, dims: Vec<i64>, data: &[f32]) -> Option<ValueId> {
     let name = g.fresh_name(base);
-    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut bytes: Vec<u8> = Vec::with_capacity(data.len() * 4);
+    for x in data {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
     g.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::F32, dims, bytes.into())).ok()
 }
 
