@@ -22,6 +22,7 @@ pub mod identity;
 pub mod prune;
 pub mod quant;
 pub mod shape_fold;
+pub mod simplify;
 #[cfg(test)]
 mod test_support;
 pub mod util;

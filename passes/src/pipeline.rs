@@ -20,12 +20,12 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     ),
     (
         "O2",
-        "fixpoint(fold,identity,shape-fold,fold-gather,cse,transpose,fuse-bn,fuse-norm,fuse-act,fuse-attention,fuse-qkv,sink-bias,dce)",
-        "O1 plus constant folding, affine/BatchNorm folding, activation and attention fusion",
+        "fixpoint(fold,identity,shape-fold,simplify,fold-gather,cse,transpose,fuse-pad,fuse-bn,fuse-norm,fuse-act,fuse-attention,fuse-qkv,sink-bias,dce)",
+        "O1 plus constant folding, chain clean-up, embedding folding, Pad/affine/BatchNorm folding, norm/activation/attention fusion, residual bias sinking",
     ),
     (
         "fuse",
-        "fixpoint(fold,identity,shape-fold,fold-gather,cse,transpose,fuse-bn,fuse-norm,fuse-act,fuse-attention,fuse-qkv,sink-bias,dce)",
+        "fixpoint(fold,identity,shape-fold,simplify,fold-gather,cse,transpose,fuse-pad,fuse-bn,fuse-norm,fuse-act,fuse-attention,fuse-qkv,sink-bias,dce)",
         "the fusions (for the target's capabilities) with the clean-up passes, to a fixpoint; same as O2 today",
     ),
 ];

@@ -33,6 +33,8 @@ impl PassRegistry {
         r.register(crate::fuse::affine::FuseAffine);
         r.register(crate::fuse::gather::FoldGather);
         r.register(crate::fuse::bias::SinkBias);
+        r.register(crate::fuse::pad::FusePad);
+        r.register(crate::simplify::Simplify);
         r.register(crate::fuse::norm::FuseNorm);
         r.register(crate::fuse::act::FuseAct);
         r.register(crate::fuse::attention::FuseAttention);

@@ -22,7 +22,7 @@ impl Pass for ShapeFold {
         "shape-fold"
     }
     fn description(&self) -> &str {
-        "fold Shape/Gather/Concat/Unsqueeze/Slice/... arithmetic whose values are known from inferred shapes"
+        "fold Shape/Gather/Concat/Unsqueeze/Slice/... arithmetic whose values are known from inferred shapes; symbolic ones that equal a Shape become that Shape"
     }
     fn exactness(&self) -> Exactness {
         Exactness::Exact

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod bias;
 pub mod gather;
 pub mod norm;
+pub mod pad;
 pub mod qkv;
 pub mod transpose;
 
