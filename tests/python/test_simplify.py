@@ -47,6 +47,13 @@ def pad_conv():
     return model(nodes, [vi("x", ["n", 3, 8, 8])], [out(4)], [w, i64("pads", [0, 0, 1, 2, 0, 0, 1, 0])])
 
 
+def pad_maxpool(wide=False):
+    pads = [0, 0, 0, 3 if wide else 1, 0, 0, 2, 0]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="edge"),
+             helper.make_node("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    return model(nodes, [vi("x", ["n", 3, 9, 8])], [out(4)], [i64("pads", pads)])
+
+
 def reshape_chain():
     nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
              helper.make_node("Reshape", ["f", "s1"], ["r"]),
@@ -92,6 +99,7 @@ def cast_chain():
 # name -> (builder, ops that must be gone, op histogram after)
 CASES = {
     "pad_conv": (pad_conv, {"Pad"}, {"Conv": 1}),
+    "pad_maxpool": (pad_maxpool, {"Pad"}, {"MaxPool": 1}),
     "reshape_chain": (reshape_chain, {"Flatten", "Squeeze", "Unsqueeze"}, {"Reshape": 1, "Relu": 1}),
     "unsqueeze_pair": (unsqueeze_pair, set(), {"Unsqueeze": 1, "Relu": 1}),
     "slice_slice": (slice_slice, set(), {"Slice": 1}),
@@ -143,3 +151,32 @@ def test_pad_with_a_value_stays_and_explain_says_why(optc_bin, tmp_path: Path):
     assert r.returncode == 0, describe_run(r)
     assert "its pad value is not 0" in r.stdout, r.stdout
     assert [n.op_type for n in onnx.load(str(tmp_path / "o.onnx")).graph.node] == ["Pad", "Conv"]
+
+
+def test_wide_edge_pad_stays_before_maxpool(optc_bin, tmp_path: Path):
+    src = tmp_path / "m.onnx"
+    onnx.save(pad_maxpool(wide=True), src)
+    r = run_optc(optc_bin, ["opt", src, "-p", PIPELINE, "-o", tmp_path / "o.onnx", "--explain"])
+    assert r.returncode == 0, describe_run(r)
+    assert "wider than the pooling window" in r.stdout, r.stdout
+    assert [n.op_type for n in onnx.load(str(tmp_path / "o.onnx")).graph.node] == ["Pad", "MaxPool"]
+
+
+def test_open_nsfw_edge_pad_folds_into_its_maxpool(optc_bin, models_dir, tmp_path: Path):
+    """A real model where fuse-pad fires: open_nsfw pads edge-wise before its first MaxPool."""
+    src = models_dir / "open_nsfw.onnx"
+    if not src.is_file():
+        pytest.skip("open_nsfw.onnx is not in the model cache")
+    out = tmp_path / "o2.onnx"
+    r = run_optc(optc_bin, ["opt", src, "-p", "O2", "-o", out, "--explain"])
+    assert r.returncode == 0, describe_run(r)
+    assert "folded Pad '/Pad_1' into MaxPool '/MaxPool'" in r.stdout, r.stdout
+    m = onnx.load(str(out))
+    assert not any(n.op_type == "Pad" and n.output[0] in n2.input for n in m.graph.node for n2 in m.graph.node
+                   if n2.op_type == "MaxPool")
+    x = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
+    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    want = ort_session(src, optimize=False).run(None, {name: x})
+    got = ort_session(out, optimize=False).run(None, {name: x})
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

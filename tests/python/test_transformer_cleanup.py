@@ -6,6 +6,7 @@ paraphrase-MiniLM-L3-v2 (model cache; skipped when absent) and the generated `be
 - `fold-gather` drops MiniLM's token-type Gather (its indices are a zero buffer), folds that row
   into the word-embedding table and turns the position Gather into a Slice of its table.
 - `sink-bias` moves each sublayer's output bias into the LayerNormalization beta before it.
+- `simplify` merges the pooling mask's two Unsqueezes.
 The outputs must match the original in onnxruntime (graph optimisations off and on) for two
 batch/sequence sizes, so the dynamic dims stay dynamic.
 """
@@ -69,6 +70,7 @@ def test_minilm_shape_chains_embeddings_and_biases(optc_bin, models_dir, tmp_pat
     assert hist["Gather"] == 1, dict(hist)
     text = r.stdout + r.stderr
     assert "computes Shape('input_ids')" in text, text
+    assert "Unsqueeze then Unsqueeze" in text, text  # simplify: the mask's two Unsqueezes
     assert "token_type_embeddings/Gather': indices are all 0" in text, text
     assert "prefix of arange(512)" in text, text
     assert "into the table of Gather" in text, text
