@@ -112,12 +112,16 @@ TOOL_LABEL = {
     "onnxslim": "onnxslim",
     "onnxoptimizer": "onnxoptimizer",
     "ort-transformers": "ORT transformers",
+    "optc-gpu": f"optc `{OPTC_PIPELINE} --target gpu`",
 }
 # benchmark B bars (the fusion issue)
 BAR_PEERS = ["ort-extended", "onnxslim", "onnxsim"]  # node count: optc / best of these, geomean
 NODE_BAR = 0.9  # geomean optc nodes / best peer nodes, at most
 SLOWER_TOL = 0.02  # optc's output may be at most this much slower than the original (noise)
 LAT_TOOLS = ["optc", "ort-extended", "onnxsim", "onnxslim", "ort-transformers"]  # timed in onnxruntime
+# Also run and timed on transformer models, outside the bars: optc's output for the `gpu` target, which has
+# the Skip forms (SkipLayerNormalization) that onnxruntime's transformers optimizer writes too.
+OPTC_SKIP_FORMS = "optc-gpu"
 # `optc gen` families not benchmarked here: tiny-cnn is a toy; llama-kv (KV-cache I/O) is in the LLM section
 GEN_SKIP = {"tiny-cnn", "llama-kv"}
 # transformer models get the onnxruntime transformers optimizer as a peer: model stem (prefix) -> model_type
@@ -396,7 +400,7 @@ def bench_roundtrip(a, optc: str, optc_err: str | None) -> dict:
             outdir = os.path.dirname(cmd[-1])
             rm(outdir)
             os.makedirs(outdir, exist_ok=True)
-            if tool == "optc" and optc_err:
+            if tool in ("optc", OPTC_SKIP_FORMS) and optc_err:
                 runs[tool].append({"ok": False, "reason": optc_err})
                 continue
             sync()
@@ -542,6 +546,9 @@ def optimise_one(a, optc: str, optc_err: str | None, mres: dict) -> None:
     cmds = {"optc": [optc, "opt", path, "-p", OPTC_PIPELINE, "-o", os.path.join(odir, "optc.onnx")]}
     mtype = transformer_type(stem, mres.get("generated", False))
     mres["transformer_type"] = mtype
+    if mtype:
+        cmds[OPTC_SKIP_FORMS] = [optc, "opt", path, "-p", OPTC_PIPELINE, "--target", "gpu", "-q",
+                                 "-o", os.path.join(odir, f"{OPTC_SKIP_FORMS}.onnx")]
     for t in PEERS:
         if t == "ort-transformers":
             if mtype:
@@ -551,7 +558,7 @@ def optimise_one(a, optc: str, optc_err: str | None, mres: dict) -> None:
     runs: dict = {t: [] for t in cmds}
     for rep in range(a.reps):
         for tool, cmd in cmds.items():
-            if tool == "optc" and optc_err:
+            if tool in ("optc", OPTC_SKIP_FORMS) and optc_err:
                 if rep == 0:
                     runs[tool].append({"ok": False, "reason": optc_err})
                 continue
@@ -566,7 +573,7 @@ def optimise_one(a, optc: str, optc_err: str | None, mres: dict) -> None:
                 r["reason"] = fail_reason(m)
             elif not os.path.exists(out):
                 r["reason"] = "exit 0 but no output file"
-            if tool != "optc" and m["ok"]:
+            if tool not in ("optc", OPTC_SKIP_FORMS) and m["ok"]:
                 r["inproc"] = last_json(m["stdout"])
             runs[tool].append(r)
         log(f"optimise: {stem}: rep {rep + 1}/{a.reps} done")
@@ -597,7 +604,7 @@ def optimise_one(a, optc: str, optc_err: str | None, mres: dict) -> None:
     # do the outputs still compute the same thing (ORT_DISABLE_ALL and ORT_ENABLE_ALL, onnx.checker),
     # and how fast do they run (ORT_ENABLE_ALL, 1 thread)?  One process per model: bench/opt_latency.py
     if outs:
-        timed = [t for t in LAT_TOOLS if t in outs]
+        timed = [t for t in LAT_TOOLS + [OPTC_SKIP_FORMS] if t in outs]
         cmd = [PY, OPT_LATENCY, path] + [f"{t}={p}" for t, p in outs.items()] + [
             "--stem", stem, "--seed", str(a.seed), "--budget-s", str(a.lat_budget), "--rounds", str(a.lat_rounds),
             "--time", ",".join(timed) or "none"]
@@ -706,7 +713,7 @@ def bench_eval(a, optc: str, optc_err: str | None, only: set[str]) -> dict:
         for tool, cmd in cmds.items():
             t: dict = {"cmd": shcmd(cmd)}
             mres["tools"][tool] = t
-            if tool == "optc" and optc_err:
+            if tool in ("optc", OPTC_SKIP_FORMS) and optc_err:
                 t.update(ok=False, reason=optc_err)
                 continue
             m = measure(cmd, a.timeout)
@@ -1434,6 +1441,20 @@ def report_fusion(w, a, op: dict, ran: list[dict]) -> None:
                 parts.append(f"{m['model']}: optc {o} vs ORT transformers {t} ({'ok' if o <= t else 'more'})")
         w(f"- **Transformer bar** (optc no more nodes than onnxruntime's transformers optimizer): "
           + "; ".join(parts) + f" → **{'met' if ok_all else 'not met'}**")
+        w("")
+        w(f"Skip forms on the CPU runtime (outside the bars): {TOOL_LABEL[OPTC_SKIP_FORMS]} writes the residual "
+          "Add + LayerNormalization as `com.microsoft::SkipLayerNormalization`, as onnxruntime's transformers "
+          "optimizer does; the `cpu` target keeps them apart because onnxruntime's CPU kernel for it is several "
+          "times slower (timed with the others, ORT_ENABLE_ALL, 1 thread):")
+        w("")
+        w(f"| model | {TOOL_LABEL['optc']} nodes | speed-up | {TOOL_LABEL[OPTC_SKIP_FORMS]} nodes | speed-up | "
+          "ORT transformers nodes | speed-up |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for m in tf_rows:
+            def nl(t):
+                n_, sp_ = nodes(m, t), speedup(m, t)
+                return f"{'–' if n_ is None else n_} | {'–' if sp_ is None else f'{sp_:.3f}×'}"
+            w(f"| {m['model']} | {nl('optc')} | {nl(OPTC_SKIP_FORMS)} | {nl('ort-transformers')} |")
     else:
         w("- Transformer bar: no transformer model ran.")
     w("")

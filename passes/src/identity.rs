@@ -81,8 +81,8 @@ fn passthrough(g: &Graph, n: NodeId, opset: i64, facts: &Facts) -> Option<ValueI
     if node.outputs().iter().skip(1).flatten().any(|&o| !g.is_unused(o)) {
         return None;
     }
-    let rank = g.value(x).ty.as_ref().and_then(|t| t.shape()).map(|s| s.len());
-    let shape = g.value(x).ty.as_ref().and_then(|t| t.shape()).cloned();
+    let shape = g.value(x).ty.as_ref().and_then(|t| t.shape()).or_else(|| facts.shape(x)).cloned();
+    let rank = shape.as_ref().map(|s| s.len());
     let all = |v: &[i64], want: i64| v.iter().all(|&x| x == want);
     match &node.op {
         Op::Identity => Some(x),

@@ -4,6 +4,9 @@
 //!   only reader) becomes one `Reshape` of the first input, to the shape inference gives the last
 //!   one (symbolic dims copied with `0` where they sit at the same position, one left to `-1`);
 //!   `identity` then removes it if that is the input's shape.
+//! - **Reshapes sink through elementwise ops** when a reshape-like op reads the result:
+//!   `Reshape(f(Reshape(x)))` with `f` unary elementwise (or a binary one with a scalar constant)
+//!   is `Reshape(Reshape(f(x)))`, and the two Reshapes then merge.
 //! - **Slice of a Slice** with constant starts/ends, step 1: one Slice.
 //! - **Concat of every output of a Split**, in order and on the same axis: the Split's input.
 //! - **Concat inside a Concat** on the same axis (its only reader): its inputs inline.
@@ -42,12 +45,13 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
         if !g.contains_node(node) {
             continue;
         }
-        let done = match g.node(node).op {
+        let op = g.node(node).op.clone();
+        let done = match op {
             Op::Reshape | Op::Squeeze | Op::Unsqueeze | Op::Flatten => reshape_chain(g, node, opset, &facts, cx),
             Op::Slice => slice_of_slice(g, node, opset, &facts, cx),
             Op::Concat => concat_of_split(g, node, &facts, cx) || nested_concat(g, node, &facts, cx),
-            Op::Cast => cast_chain(g, node, &facts, cx),
-            _ => false,
+            Op::Cast => cast_chain(g, node, &facts, cx) || sink_reshape(g, node, cx),
+            _ => sink_reshape(g, node, cx),
         };
         if done {
             n += 1;
@@ -110,8 +114,19 @@ fn reshape_chain(g: &mut Graph, n: NodeId, opset: i64, facts: &Facts, cx: &mut P
     let (Some(want), Some(have)) = (facts.shape(out), facts.shape(x)) else { return false };
     let want: Vec<DimValue> = want.iter().map(|d| d.value.clone()).collect();
     let have: Vec<DimValue> = have.iter().map(|d| d.value.clone()).collect();
-    // A -1 must be computable: with an unknown dim elsewhere it would not be.
-    let Some(target) = target_for(&want, &have) else {
+    // The outer Reshape's own constant target, where each of its 0s (copy) reads the same dim
+    // from `x` as from the inner op's output; else a target built from the inferred shape (a -1
+    // must be computable: with an unknown dim elsewhere it would not be).
+    let own = (node.op == Op::Reshape).then(|| node.input(1).and_then(|t| const_ints(g, t))).flatten().filter(|t| {
+        let mid_shape = facts.shape(mid);
+        t.iter().enumerate().all(|(i, &d)| {
+            d != 0
+                || mid_shape
+                    .and_then(|m| m.get(i))
+                    .is_some_and(|m| m.value != DimValue::Unknown && have.get(i) == Some(&m.value))
+        })
+    });
+    let Some(target) = own.or_else(|| target_for(&want, &have)) else {
         let name = node.display_name();
         cx.note(|| format!("{} '{name}' stays after {}: its shape is not known well enough", node.op, g.node(p).op));
         return false;
@@ -127,6 +142,107 @@ fn reshape_chain(g: &mut Graph, n: NodeId, opset: i64, facts: &Facts, cx: &mut P
     g.set_inputs(n, vec![Some(x), Some(t)]);
     crate::fuse::drop_dead_from(g, mid);
     cx.note(|| format!("{pop} then {op} '{name}': one Reshape to {target:?}"));
+    true
+}
+
+/// Elementwise ops that commute with a reshape of their (only non-scalar) input.
+fn unary_like(g: &Graph, n: NodeId) -> Option<usize> {
+    let node = g.node(n);
+    let unary = matches!(
+        node.op,
+        Op::Relu
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Exp
+            | Op::Log
+            | Op::Neg
+            | Op::Abs
+            | Op::Sqrt
+            | Op::Reciprocal
+            | Op::Erf
+            | Op::Softplus
+            | Op::LeakyRelu
+            | Op::Elu
+            | Op::Selu
+            | Op::HardSigmoid
+            | Op::HardSwish
+            | Op::Gelu
+            | Op::Sin
+            | Op::Cos
+            | Op::Floor
+            | Op::Ceil
+            | Op::Round
+            | Op::Sign
+            | Op::Not
+            | Op::Cast
+    );
+    if unary && node.inputs().len() == 1 {
+        return Some(0);
+    }
+    let scalar = |v: Option<ValueId>| {
+        v.and_then(|v| crate::util::const_tensor(g, v)).is_some_and(|t| t.numel() == Some(1) && t.dims.is_empty())
+    };
+    match node.op {
+        Op::Clip if node.inputs().iter().skip(1).all(|&i| i.is_none() || scalar(i)) => Some(0),
+        Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow | Op::Max | Op::Min if node.inputs().len() == 2 => {
+            if scalar(node.input(1)) {
+                Some(0)
+            } else if scalar(node.input(0)) && !matches!(node.op, Op::Pow) {
+                Some(1)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `R2(f(R1(x)))` -> `R2(R1(f(x)))` for reshape-like `R1`, `R2` and elementwise `f` (or a chain
+/// of them between the two, one step per call); the Reshape pair then merges in `reshape_chain`.
+fn sink_reshape(g: &mut Graph, f: NodeId, cx: &mut PassContext) -> bool {
+    let Some(slot) = unary_like(g, f) else { return false };
+    let Some(o) = g.node(f).output(0) else { return false };
+    if g.node(f).outputs().len() != 1 {
+        return false;
+    }
+    // Downstream, through single-reader elementwise ops, a reshape-like op must come.
+    let mut v = o;
+    let mut reaches = false;
+    for _ in 0..8 {
+        let Some((c, _)) = single_use(g, v) else { break };
+        if is_reshape_like(&g.node(c).op) {
+            reaches = true;
+            break;
+        }
+        match (unary_like(g, c), g.node(c).output(0)) {
+            (Some(_), Some(next)) => v = next,
+            _ => break,
+        }
+    }
+    if !reaches {
+        return false;
+    }
+    let Some(m) = g.node(f).input(slot) else { return false };
+    let Some((r1, _)) = g.producer(m) else { return false };
+    if !is_reshape_like(&g.node(r1).op) || single_use(g, m).is_none() || g.node(r1).outputs().len() != 1 {
+        return false;
+    }
+    let Some(x) = g.node(r1).input(0) else { return false };
+    if !cx.rewrite() {
+        return false;
+    }
+    let (fnode, rnode) = (g.node(f).clone(), g.node(r1).clone());
+    let fname = fnode.display_name();
+    let mut fins = fnode.inputs().to_vec();
+    fins[slot] = Some(x);
+    let Some(a) = crate::fuse::add_op(g, fnode.op.clone(), fins, fnode.attrs.clone(), &fname, f) else { return false };
+    let mut rins = rnode.inputs().to_vec();
+    rins[0] = Some(a);
+    let rname = rnode.display_name();
+    let Some(b) = crate::fuse::add_op(g, rnode.op.clone(), rins, rnode.attrs.clone(), &rname, f) else { return false };
+    g.replace_uses(o, b);
+    crate::fuse::drop_dead_from(g, o);
+    cx.note(|| format!("{} '{fname}' moved before {} '{rname}' (a reshape follows)", fnode.op, rnode.op));
     true
 }
 

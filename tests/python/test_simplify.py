@@ -1,7 +1,7 @@
 """`simplify` and `fuse-pad`: exact clean-up of data-movement chains, judged by onnxruntime.
 
 One small model per pattern (built here with onnx.helper, opset 17 unless named): after
-`optc opt -p simplify,fuse-pad,identity,dce` the op histogram must show the pattern gone, the
+`optc opt -p fixpoint(simplify,fuse-pad,identity,dce)` the op histogram must show the pattern gone, the
 model must pass the onnx checker, and onnxruntime (graph optimisations off) must give
 bit-identical outputs to the original's, at two input sizes where a dim is symbolic.
 """
@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optc_helpers import describe_run, ort_session, run_optc
 
-PIPELINE = "simplify,fuse-pad,identity,dce"
+PIPELINE = "fixpoint(simplify,fuse-pad,identity,dce)"
 F = TensorProto.FLOAT
 
 
@@ -70,6 +70,15 @@ def unsqueeze_pair():
     return model(nodes, [vi("x", ["n", 5])], [out(5)], [i64("a1", [1]), i64("a2", [-1, 0])])
 
 
+def reshape_around_relu():
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r"]),
+             helper.make_node("Relu", ["r"], ["a"]),
+             helper.make_node("Mul", ["a", "two"], ["b"]),
+             helper.make_node("Reshape", ["b", "s2"], ["y"])]
+    return model(nodes, [vi("x", ["n", 12])], [out(2)],
+                 [i64("s1", [0, 3, 4]), i64("s2", [0, 12]), numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+
+
 def slice_slice():
     nodes = [helper.make_node("Slice", ["x", "s1", "e1", "a1"], ["t"]),
              helper.make_node("Slice", ["t", "s2", "e2", "a2"], ["y"])]
@@ -103,6 +112,7 @@ CASES = {
     "reshape_chain": (reshape_chain, {"Flatten", "Squeeze", "Unsqueeze"}, {"Reshape": 1, "Relu": 1}),
     "unsqueeze_pair": (unsqueeze_pair, set(), {"Unsqueeze": 1, "Relu": 1}),
     "slice_slice": (slice_slice, set(), {"Slice": 1}),
+    "reshape_around_relu": (reshape_around_relu, {"Reshape"}, {"Relu": 1, "Mul": 1}),
     "split_concat": (split_concat, {"Split", "Concat"}, {"Relu": 1}),
     "nested_concat": (nested_concat, set(), {"Concat": 1}),
     "cast_chain": (cast_chain, set(), {"Cast": 1}),

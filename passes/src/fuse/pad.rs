@@ -109,8 +109,7 @@ fn fold(g: &mut Graph, c: NodeId, opset: i64, cx: &mut PassContext) -> bool {
     if pool {
         let Some(k) = conv.attrs.get_ints("kernel_shape").map(|k| k.to_vec()) else { return false };
         let existing = conv.attrs.get_ints("pads").is_some_and(|p| p.iter().any(|&x| x != 0));
-        let within =
-            k.len() == spatial && (0..spatial).all(|i| pads[2 + i] < k[i] && pads[rank + 2 + i] < k[i]);
+        let within = k.len() == spatial && (0..spatial).all(|i| pads[2 + i] < k[i] && pads[rank + 2 + i] < k[i]);
         if existing || !within {
             return why(cx, "the edge padding is wider than the pooling window reaches (or the MaxPool pads already)");
         }
