@@ -158,7 +158,9 @@ impl PassManager {
                         rewrites: outcome.rewrites,
                         nodes_before,
                         nodes_after: model.graph.node_count(),
-                        predicted: predicted_before.map(|b| (b, cx.predict(model))),
+                        // A pass that rewrote nothing left the model as it was.
+                        predicted: predicted_before
+                            .map(|b| (b, if outcome.rewrites == 0 { b } else { cx.predict(model) })),
                     });
                 }
                 Step::Fixpoint { steps, max_iter } => {

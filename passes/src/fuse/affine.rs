@@ -42,9 +42,21 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
         }
         // A MatMul whose left operand is a matrix may become a Gemm to absorb a bias.
         let a_is_matrix = g.node(p).input(0).and_then(|a| facts.shape(a)).is_some_and(|s| s.len() == 2);
-        while try_fold(g, p, a_is_matrix, cx) {
-            n += 1;
+        // The weights are decoded once per layer and written once after its whole chain folded.
+        let mut weights: Option<(Vec<f32>, Vec<i64>)> = None;
+        let mut folded = 0;
+        while try_fold(g, p, a_is_matrix, &mut weights, cx) {
+            folded += 1;
         }
+        if folded > 0
+            && let (Some((w, dims)), Some(wv)) = (weights, g.node(p).input(1))
+        {
+            let base = g.value(wv).name.clone();
+            if let Some(new_w) = add_f32(g, &format!("{base}_fused"), dims, &w) {
+                g.set_input(p, 1, Some(new_w));
+            }
+        }
+        n += folded;
     }
     n
 }
@@ -59,7 +71,15 @@ enum Layer {
     MatMul,
 }
 
-fn try_fold(g: &mut Graph, p: NodeId, a_is_matrix: bool, cx: &mut PassContext) -> bool {
+/// Folds the one consumer of layer `p`'s output into it. `weights` holds the layer's weights as
+/// folded so far (decoded on the first call); the caller writes them back.
+fn try_fold(
+    g: &mut Graph,
+    p: NodeId,
+    a_is_matrix: bool,
+    weights: &mut Option<(Vec<f32>, Vec<i64>)>,
+    cx: &mut PassContext,
+) -> bool {
     let pname = g.node(p).display_name();
     let op = g.node(p).op.clone();
     let Some(o) = g.node(p).output(0) else { return false };
@@ -74,9 +94,13 @@ fn try_fold(g: &mut Graph, p: NodeId, a_is_matrix: bool, cx: &mut PassContext) -
         false
     };
     let Some(wv) = g.node(p).input(1) else { return false };
-    let Some((w, wdims)) = f32_const(g, wv) else {
+    if weights.is_none() {
+        *weights = f32_const(g, wv);
+    }
+    let Some((_, wdims)) = weights.as_ref() else {
         return why_not(cx, "the weights are not a float32 constant");
     };
+    let wdims = wdims.clone();
     let (mut layer, channels) = match op {
         Op::Conv if wdims.len() >= 3 => (Layer::Conv { rank: wdims.len() }, wdims[0] as usize),
         Op::Gemm if wdims.len() == 2 => {
@@ -187,7 +211,7 @@ fn try_fold(g: &mut Graph, p: NodeId, a_is_matrix: bool, cx: &mut PassContext) -
         g.node_mut(p).op = Op::Gemm;
     }
     // Scale the weights along the channel axis.
-    let mut w2 = w;
+    let Some((w2, _)) = weights.as_mut() else { return false };
     match layer {
         Layer::Conv { .. } => {
             let per = w2.len() / channels.max(1);
@@ -208,9 +232,6 @@ fn try_fold(g: &mut Graph, p: NodeId, a_is_matrix: bool, cx: &mut PassContext) -
             }
         }
     }
-    let base = g.value(wv).name.clone();
-    let Some(new_w) = add_f32(g, &format!("{base}_fused"), wdims, &w2) else { return false };
-    g.set_input(p, 1, Some(new_w));
     if !matches!(layer, Layer::MatMul) {
         let b2: Vec<f32> = (0..channels).map(|m| (bias[m] * scale[m] + shift[m]) as f32).collect();
         let bname = bias_in.map(|b| g.value(b).name.clone()).unwrap_or_else(|| format!("{pname}_bias"));
