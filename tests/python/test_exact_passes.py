@@ -1,5 +1,6 @@
 """The built-in cleanup passes must keep a model valid and its outputs within
-their declared exactness: dce, identity, shape-fold and cse bit-identical; fold
+their declared exactness: dce, identity, shape-fold, cse, simplify, fold-gather and
+fuse-pad bit-identical; fold
 (constants computed by optc's evaluator, which may round transcendental
 functions differently from onnxruntime's kernels) within rtol 1e-5, atol 1e-6.
 
@@ -24,9 +25,11 @@ from optc_helpers import (
 )
 from synthetic_models import SYNTHETIC
 
-PASSES = ["dce", "identity", "shape-fold", "cse", "fold", "transpose", "fuse-bn", "fuse-norm", "fuse-act", "fuse-qkv"]
+PASSES = ["dce", "identity", "shape-fold", "cse", "fold", "transpose", "fuse-bn", "fuse-norm", "fuse-act", "fuse-qkv",
+          "simplify", "fold-gather", "fuse-pad", "sink-bias"]
 # Passes declared Rounding{rtol, atol} (as `optc passes` lists them); the others are Exact.
-ROUNDING = {"fold": (1e-5, 1e-6), "fuse-bn": (1e-4, 1e-5), "fuse-norm": (1e-4, 1e-5), "fuse-act": (1e-4, 1e-5)}
+ROUNDING = {"fold": (1e-5, 1e-6), "fuse-bn": (1e-4, 1e-5), "fuse-norm": (1e-4, 1e-5), "fuse-act": (1e-4, 1e-5),
+            "sink-bias": (1e-4, 1e-5)}
 MODELS_DIR = default_models_dir()
 
 _NP_TYPES = {
