@@ -12,7 +12,7 @@
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
 use optc_ir::infer::Facts;
 use optc_ir::infer::{self, MAX_TRACKED};
-use optc_ir::{AttrList, Attribute, DType, DimValue, Graph, Init, Model, NodeId, NodeSpec, Op, Tensor, ValueId};
+use optc_ir::{AttrList, Attribute, DType, DimValue, Graph, Init, Model, NodeId, Op, ValueId};
 use std::collections::HashSet;
 
 pub struct ShapeFold;
@@ -78,10 +78,7 @@ fn fold_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
                     break;
                 }
                 let display = g.node(n).display_name();
-                let name = g.fresh_name(&format!("{display}_shape"));
-                let raw: Vec<u8> = target.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let t = Tensor::from_raw(Some(name.clone()), DType::I64, vec![target.len() as i64], raw.into());
-                let Ok(v) = g.add_initializer(name, t) else {
+                let Some(v) = crate::fuse::add_i64(g, &format!("{display}_shape"), &target) else {
                     continue;
                 };
                 cx.note(|| format!("Reshape '{display}': computed target shape replaced by constant {target:?}"));
@@ -168,15 +165,12 @@ fn rematerialise(g: &mut Graph, opset: i64, facts: &Facts, cx: &mut PassContext)
         }
         let (op, display) = (node.op.clone(), node.display_name());
         let xname = g.value(x).name.clone();
-        let name = g.fresh_name(&format!("{xname}_shape"));
-        let Ok(v) = g.add_value(name.clone(), None) else { continue };
         let attrs = match range {
             Some((a, b)) => vec![Attribute::int("start", a as i64), Attribute::int("end", b as i64)],
             None => vec![],
         };
-        let spec = NodeSpec::new(Op::Shape, vec![Some(x)], vec![Some(v)]).named(name.clone()).attrs(attrs);
-        let Ok(s) = g.add_node(spec) else { continue };
-        g.place_like(s, n);
+        let name = g.fresh_name(&format!("{xname}_shape"));
+        let Some(v) = crate::fuse::add_op(g, Op::Shape, vec![Some(x)], attrs, &name, n) else { continue };
         g.replace_uses(out, v);
         let what = match range {
             Some((a, b)) => format!("Shape('{xname}', start={a}, end={b})"),

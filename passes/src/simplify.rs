@@ -13,11 +13,11 @@
 //! - **Cast chains.** `Cast(Cast(x, T1), T2)` where `T1` holds every value of `x`'s type exactly
 //!   (`int32 -> int64`, `float16 -> float32`, `bool -> anything`, ...) is `Cast(x, T2)`.
 
-use crate::fuse::single_use;
+use crate::fuse::{add_i64, single_use};
 use crate::util::{const_ints, forward_output};
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
 use optc_ir::infer::Facts;
-use optc_ir::{AttrList, AttrValue, DType, DimValue, Graph, Model, NodeId, Op, Tensor, ValueId};
+use optc_ir::{AttrList, AttrValue, DType, DimValue, Graph, Model, NodeId, Op, ValueId};
 
 pub struct Simplify;
 
@@ -62,13 +62,6 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
 
 fn is_reshape_like(op: &Op) -> bool {
     matches!(op, Op::Reshape | Op::Squeeze | Op::Unsqueeze | Op::Flatten)
-}
-
-fn add_i64(g: &mut Graph, base: &str, vals: &[i64]) -> Option<ValueId> {
-    let name = g.fresh_name(base);
-    let raw: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let t = Tensor::from_raw(Some(name.clone()), DType::I64, vec![vals.len() as i64], raw.into());
-    g.add_initializer(name, t).ok()
 }
 
 /// A constant Reshape target giving `want` from an input of shape `input`: known dims as they

@@ -64,14 +64,19 @@ def _close(expected, got) -> bool:
     return bool(ok.all())
 
 
-def _ort_case(case: Path) -> tuple[str, str]:
+def _ort_case(case: Path, model_path: Path | None = None, optimize: bool = True) -> tuple[str, str]:
+    """Runs node test `case` in onnxruntime on its model (or on `model_path`, e.g. an optimised
+    copy) and compares with the case's reference outputs: ("pass" | "fail" | "error", detail)."""
     import onnxruntime as ort
 
+    model_path = model_path or case / "model.onnx"
     try:
-        model = onnx.load(str(case / "model.onnx"))
+        model = onnx.load(str(model_path))
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
-        sess = ort.InferenceSession(str(case / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         data = case / "test_data_set_0"
         inputs = {}
         graph_inputs = [i for i in model.graph.input

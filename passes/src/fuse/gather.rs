@@ -17,7 +17,7 @@ use super::{align, drop_dead_from, f32_const, single_use};
 use crate::util::{can_forward_output, const_ints, const_tensor, forward_output};
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
 use optc_ir::infer::Facts;
-use optc_ir::{AttrList, DType, DimValue, Graph, Model, NodeId, NodeSpec, Op, Tensor, Use, ValueId};
+use optc_ir::{AttrList, DType, DimValue, Graph, Model, NodeId, Op, Tensor, Use, ValueId};
 
 pub struct FoldGather;
 
@@ -52,10 +52,11 @@ fn run_graph(g: &mut Graph, opset: i64, cx: &mut PassContext) -> usize {
             continue;
         }
         let Some(table) = g.node(node).input(0) else { continue };
-        if const_tensor(g, table).is_none() {
-            continue;
-        }
-        if uniform_row(g, node, &facts, cx) || arange_slice(g, node, opset, cx) || fold_consumer(g, node, &facts, cx) {
+        let Some(t) = const_tensor(g, table) else { continue };
+        if uniform_row(g, node, &t, &facts, cx)
+            || arange_slice(g, node, &t, opset, cx)
+            || fold_consumer(g, node, &t, &facts, cx)
+        {
             n += 1;
         }
     }
@@ -100,12 +101,11 @@ fn uniform_int(g: &Graph, v: ValueId, depth: usize) -> Option<i64> {
 }
 
 /// Rule 1: indices all `c` -> the readers use the row `table[c]`.
-fn uniform_row(g: &mut Graph, n: NodeId, facts: &Facts, cx: &mut PassContext) -> bool {
+fn uniform_row(g: &mut Graph, n: NodeId, t: &Tensor, facts: &Facts, cx: &mut PassContext) -> bool {
     let node = g.node(n);
     let (Some(table), Some(idx), Some(out)) = (node.input(0), node.input(1), node.output(0)) else { return false };
     let Some(c) = uniform_int(g, idx, 8) else { return false };
     let name = node.display_name();
-    let Some(t) = const_tensor(g, table) else { return false };
     if t.dtype != DType::F32 || t.dims.is_empty() || g.is_graph_output(out) {
         return false;
     }
@@ -163,7 +163,7 @@ fn uniform_row(g: &mut Graph, n: NodeId, facts: &Facts, cx: &mut PassContext) ->
 
 /// Rule 3: `Gather(T, Slice(arange(N), s, e, axis))` with `N` rows in `T` -> `Slice(T', s, e, axis)`
 /// where `T'` is `T` with the index constant's leading dims.
-fn arange_slice(g: &mut Graph, n: NodeId, opset: i64, cx: &mut PassContext) -> bool {
+fn arange_slice(g: &mut Graph, n: NodeId, t: &Tensor, opset: i64, cx: &mut PassContext) -> bool {
     if opset < 10 {
         return false;
     }
@@ -176,7 +176,6 @@ fn arange_slice(g: &mut Graph, n: NodeId, opset: i64, cx: &mut PassContext) -> b
     }
     let Some(a) = sl.input(0) else { return false };
     let Some(at) = const_tensor(g, a) else { return false };
-    let Some(t) = const_tensor(g, table) else { return false };
     let rank = at.dims.len();
     if rank == 0 || at.numel().is_none_or(|k| k > MAX_INDEX_CONST) || at.dims[..rank - 1].iter().any(|&d| d != 1) {
         return false;
@@ -209,12 +208,10 @@ fn arange_slice(g: &mut Graph, n: NodeId, opset: i64, cx: &mut PassContext) -> b
     let name2 = g.fresh_name(&format!("{tname}_{}d", t2.dims.len()));
     t2.name = Some(name2.clone());
     let Ok(tv) = g.add_initializer(name2, t2) else { return false };
-    let oname = g.fresh_name(&format!("{}_rows", g.value(out).name));
-    let Ok(ov) = g.add_value(oname.clone(), None) else { return false };
     let mut inputs = slice_inputs;
     inputs[0] = Some(tv);
-    let Ok(new) = g.add_node(NodeSpec::new(Op::Slice, inputs, vec![Some(ov)]).named(oname)) else { return false };
-    g.place_like(new, n);
+    let oname = g.fresh_name(&format!("{}_rows", g.value(out).name));
+    let Some(ov) = super::add_op(g, Op::Slice, inputs, vec![], &oname, n) else { return false };
     g.replace_uses(out, ov);
     drop_dead_from(g, out);
     cx.note(|| format!("Gather '{gname}': indices are a prefix of arange({len}); now a Slice of '{tname}'"));
@@ -222,7 +219,7 @@ fn arange_slice(g: &mut Graph, n: NodeId, opset: i64, cx: &mut PassContext) -> b
 }
 
 /// Rule 2: `op(Gather(T, i), K)` with `K` constant over the gathered rows -> `Gather(op(T, K), i)`.
-fn fold_consumer(g: &mut Graph, n: NodeId, facts: &Facts, cx: &mut PassContext) -> bool {
+fn fold_consumer(g: &mut Graph, n: NodeId, t: &Tensor, facts: &Facts, cx: &mut PassContext) -> bool {
     let node = g.node(n);
     let (Some(table), Some(idx), Some(out)) = (node.input(0), node.input(1), node.output(0)) else { return false };
     let Some((c, slot)) = single_use(g, out) else { return false };
@@ -239,7 +236,6 @@ fn fold_consumer(g: &mut Graph, n: NodeId, facts: &Facts, cx: &mut PassContext) 
     }
     let Some(idx_rank) = facts.shape(idx).map(|s| s.len()) else { return false };
     let Some(kt) = const_tensor(g, kv) else { return false };
-    let Some(t) = const_tensor(g, table) else { return false };
     if kt.dtype != DType::F32 || t.dtype != DType::F32 || t.dims.is_empty() {
         return false;
     }

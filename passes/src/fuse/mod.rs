@@ -205,6 +205,14 @@ pub(crate) fn add_f32(g: &mut Graph, base: &str, dims: Vec<i64>, data: &[f32]) -
     g.add_initializer(name.clone(), Tensor::from_raw(Some(name), DType::F32, dims, bytes.into())).ok()
 }
 
+/// Adds a 1-D int64 initializer named after `base` (shapes, axes, split sizes).
+pub(crate) fn add_i64(g: &mut Graph, base: &str, vals: &[i64]) -> Option<ValueId> {
+    let name = g.fresh_name(base);
+    let raw: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let t = Tensor::from_raw(Some(name.clone()), DType::I64, vec![vals.len() as i64], raw.into());
+    g.add_initializer(name, t).ok()
+}
+
 /// Dims of `dims` right-aligned to `rank` (leading 1s), or `None` when longer than `rank`.
 pub(crate) fn align(dims: &[i64], rank: usize) -> Option<Vec<i64>> {
     if dims.len() > rank {

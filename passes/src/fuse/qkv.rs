@@ -9,7 +9,7 @@
 
 use super::{add_f32, add_op, f32_const, single_use};
 use crate::{Exactness, Pass, PassContext, PassError, PassOptions, PassOutcome};
-use optc_ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Op, Tensor, ValueId};
+use optc_ir::{Attribute, Graph, Model, NodeId, NodeSpec, Op, ValueId};
 use std::collections::BTreeMap;
 
 pub struct FuseQkv;
@@ -123,12 +123,8 @@ fn merge(g: &mut Graph, x: ValueId, mms: &[NodeId], cx: &mut PassContext) -> boo
         };
         cur = v;
     }
-    let sizes: Vec<u8> = projs.iter().flat_map(|p| p.n.to_le_bytes()).collect();
-    let sname = g.fresh_name("qkv.split");
-    let Ok(sv) = g.add_initializer(
-        sname.clone(),
-        Tensor::from_raw(Some(sname), DType::I64, vec![projs.len() as i64], sizes.into()),
-    ) else {
+    let sizes: Vec<i64> = projs.iter().map(|p| p.n).collect();
+    let Some(sv) = super::add_i64(g, "qkv.split", &sizes) else {
         return false;
     };
     // The Split's outputs take over the projections' outputs (after their bias Adds).

@@ -8,7 +8,7 @@
 //! GroupNormalization's scale/bias shape (21) (models with those are refused). Models older
 //! than opset 13 are refused (Softmax, Split, Squeeze, ReduceSum and more changed there).
 
-use optc_ir::{AttrList, Attribute, DType, Graph, Model, NodeId, Op, Tensor};
+use optc_ir::{AttrList, Attribute, Graph, Model, NodeId, Op};
 
 pub const QDQ_OPSET: i64 = 21;
 
@@ -94,10 +94,8 @@ fn upgrade_graph(g: &mut Graph, from: i64) -> usize {
         let op = g.node(id).op.clone();
         if from < 18 && reduce_with_axes_attr(&op) {
             let Some(axes) = g.node(id).attrs.get_ints("axes").map(|a| a.to_vec()) else { continue };
-            let name = g.fresh_name(&format!("{}_axes", g.node(id).display_name()));
-            let bytes: Vec<u8> = axes.iter().flat_map(|a| a.to_le_bytes()).collect();
-            let t = Tensor::from_raw(Some(name.clone()), DType::I64, vec![axes.len() as i64], bytes.into());
-            let Ok(v) = g.add_initializer(name, t) else { continue };
+            let base = format!("{}_axes", g.node(id).display_name());
+            let Some(v) = crate::fuse::add_i64(g, &base, &axes) else { continue };
             g.set_input(id, 1, Some(v));
             g.node_mut(id).attrs.retain(|a| a.name != "axes");
             n += 1;
@@ -113,7 +111,7 @@ fn upgrade_graph(g: &mut Graph, from: i64) -> usize {
 mod tests {
     use super::*;
     use optc_ir::builder::GraphBuilder;
-    use optc_ir::{AttrValue, Dim, Type};
+    use optc_ir::{AttrValue, DType, Dim, Type};
 
     fn has_ints(attrs: &[Attribute], name: &str) -> bool {
         attrs.iter().any(|a| a.name == name && matches!(a.value, AttrValue::Ints(_)))

@@ -1146,10 +1146,8 @@ fn upgrade_graph_13(g: &mut Graph, from: i64) -> usize {
             _ => continue,
         };
         let Some(vals) = g.node(id).attrs.get_ints(attr).map(|a| a.to_vec()) else { continue };
-        let name = g.fresh_name(&format!("{}_{attr}", g.node(id).display_name()));
-        let bytes: Vec<u8> = vals.iter().flat_map(|a| a.to_le_bytes()).collect();
-        let t = Tensor::from_raw(Some(name.clone()), DType::I64, vec![vals.len() as i64], bytes.into());
-        let Ok(v) = g.add_initializer(name, t) else { continue };
+        let base = format!("{}_{attr}", g.node(id).display_name());
+        let Some(v) = crate::fuse::add_i64(g, &base, &vals) else { continue };
         g.set_input(id, 1, Some(v));
         g.node_mut(id).attrs.retain(|a| a.name != attr);
         n += 1;
