@@ -62,6 +62,11 @@ pub struct NodeCost {
     /// Bytes of constant weights read, at their stored width (int4 = 0.5 B per element), scales
     /// and zero points included.
     pub weight_bytes: f64,
+    /// Elements of the constant weight a matrix kernel multiplies by (the `B` of MatMul or Gemm,
+    /// `K x N` of MatMulNBits); 0 for every other node. With `ops` it gives the activation rows
+    /// `M = ops / (2 * weight_elems)`, which decide how the runtime's kernel passes over the
+    /// weight (see [`crate::WeightPass`]).
+    pub weight_elems: f64,
     /// Activations read.
     pub inputs: Vec<Traffic>,
     /// Activations written.
@@ -434,6 +439,7 @@ impl Analysis {
                 precision: self.nodes[main].precision,
                 ops: 0.0,
                 weight_bytes: 0.0,
+                weight_elems: 0.0,
                 inputs: Vec::new(),
                 outputs: Vec::new(),
                 free: members.iter().all(|&i| self.nodes[i].free),
@@ -444,6 +450,7 @@ impl Analysis {
                 let n = &self.nodes[i];
                 row.ops += n.ops;
                 row.weight_bytes += n.weight_bytes;
+                row.weight_elems += n.weight_elems;
                 for t in &n.inputs {
                     if !produced.contains(t.value.as_str()) && seen_in.insert(t.value.as_str()) {
                         row.inputs.push(t.clone());
@@ -691,6 +698,7 @@ impl<'a> Scope<'a> {
             precision: Precision::F32,
             ops: 0.0,
             weight_bytes: 0.0,
+            weight_elems: 0.0,
             inputs: Vec::new(),
             outputs: Vec::new(),
             free: false,
@@ -932,6 +940,20 @@ impl<'a> Scope<'a> {
                 2.0 * biggest.max(out0)
             }
         };
+        if !free {
+            let weight_numel = |i: usize| in_op(i).filter(|o| o.weight.is_some()).and_then(|o| o.numel);
+            row.weight_elems = match &kind {
+                Kind::MatMul { b, integer: false, .. } => weight_numel(*b).unwrap_or(0.0),
+                Kind::Gemm => weight_numel(1).unwrap_or(0.0),
+                // The QKV projection of onnxruntime's packed Attention is a GEMM over its weight input.
+                Kind::Attention(AttnKind::Packed) => weight_numel(1).unwrap_or(0.0),
+                Kind::MatMulNBits => match (node.attrs.get_int("K"), node.attrs.get_int("N")) {
+                    (Some(k), Some(n)) if k > 0 && n > 0 => (k * n) as f64,
+                    _ => 0.0,
+                },
+                _ => 0.0,
+            };
+        }
         if folded {
             flags.insert(Flag::FoldedIntoConsumer);
         }

@@ -93,7 +93,17 @@ impl Target {
     /// The roofline time of one node: `max(ops / (eff_c * TOPS[p]), bytes / (eff_m * BW))`
     /// plus the launch overhead, on the fallback figures when the device does not run the op
     /// or precision natively. Metadata-only nodes take no time.
+    ///
+    /// A graph's node is better costed with [`Target::node_time_in`], which knows how much of the
+    /// graph's weights stay in the cache; this one assumes the node's own weights are all there is.
     pub fn node_time(&self, cost: &NodeCost) -> NodeTime {
+        self.node_time_in(cost, cost.weight_bytes)
+    }
+
+    /// [`Target::node_time`] for a node of a graph whose runs read `graph_weight_bytes` of
+    /// weights, which decides the share of them that stays in the cache for the target's
+    /// [`crate::WeightPass`] (when it has one).
+    pub fn node_time_in(&self, cost: &NodeCost, graph_weight_bytes: f64) -> NodeTime {
         if cost.free {
             return NodeTime {
                 compute_s: 0.0,
@@ -117,7 +127,51 @@ impl Target {
         let k = if native { self.op_efficiency_of(&cost.op) } else { 1.0 };
         let mut t = roofline_with_memory(&figs, cost.ops / k, memory_s / k, p);
         t.fallback = !native && self.fallback.is_some();
+        if native {
+            let pass_s = self.weight_pass_s(cost, p, graph_weight_bytes);
+            if pass_s != (0.0, 0.0) {
+                let (added, floor) = pass_s;
+                t.compute_s = (t.compute_s + added).max(floor);
+                t.time_s = t.compute_s.max(t.memory_s) + t.overhead_s;
+                t.bound = if t.overhead_s >= t.compute_s.max(t.memory_s) {
+                    Bound::Overhead
+                } else if t.compute_s >= t.memory_s {
+                    Bound::Compute
+                } else {
+                    Bound::Memory
+                };
+            }
+        }
         t
+    }
+
+    /// The weight pass of a matrix kernel ([`crate::WeightPass`]): seconds added to its compute
+    /// time, and a floor under it.
+    fn weight_pass_s(&self, cost: &NodeCost, p: Precision, graph_weight_bytes: f64) -> (f64, f64) {
+        let Some(w) = &self.weight_pass else { return (0.0, 0.0) };
+        let elems = cost.weight_elems;
+        if elems <= 0.0 || cost.ops <= 0.0 {
+            return (0.0, 0.0);
+        }
+        // Activation rows; a single row runs as a matrix-vector product.
+        let rows = cost.ops / (2.0 * elems);
+        let many_rows = rows >= 1.5;
+        if cost.op.ends_with("MatMulNBits") {
+            return if many_rows { (elems * w.unpack_ns * 1e-9, 0.0) } else { (0.0, elems * w.gemv_unpack_ns * 1e-9) };
+        }
+        if !many_rows || w.eff_stream <= 0.0 || !matches!(p, Precision::F32 | Precision::F16 | Precision::BF16) {
+            return (0.0, 0.0);
+        }
+        // The share of the graph's weights that stays in the cache between runs costs no pass of its
+        // own (it overlaps the multiply-accumulates); the rest streams from memory.
+        let resident = if w.resident_mb > 0.0 {
+            let exp = if w.resident_exp > 0.0 { w.resident_exp } else { 1.0 };
+            (w.resident_mb * 1e6 / graph_weight_bytes.max(cost.weight_bytes).max(1.0)).min(1.0).powf(exp)
+        } else {
+            0.0
+        };
+        let s_per_byte = (1.0 - resident) / (self.mem_bw_gbs * 1e9 * w.eff_stream);
+        (cost.weight_bytes * s_per_byte, 0.0)
     }
 
     /// The roofline time of `ops` and `bytes` at precision `p` on the device (or on its
@@ -167,6 +221,8 @@ pub struct NodeRow {
     pub ops: f64,
     pub bytes: f64,
     pub weight_bytes: f64,
+    /// Elements of a matrix kernel's constant weight (see [`NodeCost::weight_elems`]).
+    pub weight_elems: f64,
     pub compute_s: f64,
     pub memory_s: f64,
     pub time_s: f64,
@@ -227,8 +283,9 @@ pub fn report(analysis: &Analysis, target: &Target) -> Report {
     let mut totals = Totals::default();
     let mut nodes = Vec::with_capacity(analysis.nodes.len());
     let mut by_op: BTreeMap<&str, OpSummary> = BTreeMap::new();
+    let graph_weight_bytes: f64 = analysis.nodes.iter().map(|c| c.weight_bytes).sum();
     for c in &analysis.nodes {
-        let t = target.node_time(c);
+        let t = target.node_time_in(c, graph_weight_bytes);
         let bytes = c.bytes();
         totals.time_s += t.time_s;
         totals.ops += c.ops;
@@ -275,6 +332,7 @@ pub fn report(analysis: &Analysis, target: &Target) -> Report {
             ops: c.ops,
             bytes,
             weight_bytes: c.weight_bytes,
+            weight_elems: c.weight_elems,
             compute_s: t.compute_s,
             memory_s: t.memory_s,
             time_s: t.time_s,

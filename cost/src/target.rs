@@ -75,6 +75,10 @@ pub struct Target {
     /// `Add` + `LayerNormalization`.
     #[serde(default)]
     pub op_efficiency: BTreeMap<String, f64>,
+    /// How the runtime's matrix kernels pass over a constant weight on every call, on top of the
+    /// multiply-accumulates; absent = the plain roofline. See [`WeightPass`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_pass: Option<WeightPass>,
     /// Op types the device runs natively (`MatMul`, `com.microsoft::MatMulNBits`, or a bare
     /// contrib op type), or `["*"]` for every op.
     #[serde(default = "all_ops")]
@@ -111,6 +115,49 @@ pub struct Fallback {
     /// Launch overhead per op on the fallback device, microseconds (including the hand-off).
     #[serde(default)]
     pub launch_overhead_us: f64,
+}
+
+/// The per-call pass a runtime's matrix kernels make over a constant weight, which the plain
+/// roofline (`max(compute, memory)`) hides. A one-thread CPU GEMM with a few activation rows
+/// streams each weight panel from memory and then multiplies with it, one after the other; a
+/// weight-only quantised matmul unpacks its low-bit weights to float before its float GEMM.
+/// Measured on onnxruntime 1.32's CPU provider (MLAS, one thread, 16 rows): f32 MatMuls over
+/// 134 MB of weights take about 0.18 ns per weight element beyond their multiply-accumulates,
+/// over 4 MB (in the cache) almost nothing; MatMulNBits (4-bit) takes about 0.1 ns per element
+/// to unpack, wherever its weights are.
+///
+/// The terms apply to MatMul and Gemm (and their fused forms) with a constant float weight, and to
+/// MatMulNBits, when the activation has more than one row (`M = ops / (2 * weight elements)`);
+/// a single row (a GEMV) streams the weight once and stays on the roofline, but for a low-bit
+/// weight's unpacking ([`WeightPass::gemv_unpack_ns`]). Every field defaults to 0, which leaves
+/// its term out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeightPass {
+    /// Fraction of `mem_bw_gbs` at which a float weight that is not resident in the cache streams
+    /// through a matrix kernel, added to its compute time. In (0, 1]; 0 = not modelled.
+    pub eff_stream: f64,
+    /// Weight bytes of a graph (those one run reads) that stay in the cache from one run to the
+    /// next, in MB (10^6 B): of a graph with W MB of weights, the share
+    /// `min(1, resident_mb / W) ^ resident_exp` costs no pass. Usually less than `cache_mb`, which
+    /// activations and other processes share.
+    pub resident_mb: f64,
+    /// How fast the resident share falls once a graph's weights outgrow `resident_mb`: 1 = in
+    /// proportion; larger = faster, as when each run's pass over the weights evicts its own lines
+    /// before they are read again. Measured: 16.8 MB of f32 weights stayed 97 % resident, 33.6 MB
+    /// 32 % (exponent 1.6). Default 1 (0 is read as 1).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resident_exp: f64,
+    /// Nanoseconds per weight element to unpack a low-bit weight (MatMulNBits) to float, once per
+    /// call with more than one activation row, added to the compute time.
+    pub unpack_ns: f64,
+    /// Nanoseconds per weight element of the single-row low-bit kernel (M = 1), which unpacks in
+    /// registers as it multiplies: the node takes at least this long.
+    pub gemv_unpack_ns: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Weight formats a quantisation pass can emit.
@@ -247,6 +294,7 @@ impl Target {
                 fused_composites: false,
                 qdq_shared_inputs_fused: true,
                 op_efficiency: BTreeMap::new(),
+                weight_pass: None,
                 native_ops: all_ops(),
                 native_dtypes: Vec::new(),
                 fallback: None,
@@ -323,6 +371,21 @@ impl Target {
         for (field, v) in [("cache_mb", self.cache_mb), ("cache_bw_gbs", self.cache_bw_gbs)] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, format!("must be a non-negative number, got {v}")));
+            }
+        }
+        if let Some(w) = &self.weight_pass {
+            for (field, v) in [
+                ("weight_pass.resident_mb", w.resident_mb),
+                ("weight_pass.resident_exp", w.resident_exp),
+                ("weight_pass.unpack_ns", w.unpack_ns),
+                ("weight_pass.gemv_unpack_ns", w.gemv_unpack_ns),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(bad(field, format!("must be a non-negative number, got {v}")));
+                }
+            }
+            if !(w.eff_stream.is_finite() && (0.0..=1.0).contains(&w.eff_stream)) {
+                return Err(bad("weight_pass.eff_stream", format!("must be in [0, 1], got {}", w.eff_stream)));
             }
         }
         if !(self.mem_gb.is_finite() && self.mem_gb >= 0.0) {

@@ -517,3 +517,107 @@ fn only_the_div_form_of_the_erf_gelu_is_one_kernel() {
     assert_eq!(g[0].len(), 5);
     assert!(groups(false).is_empty(), "x * (1/sqrt 2) is not matched by the runtime");
 }
+
+/// `x[m, k] @ MatMulNBits(4-bit, block 32)[k, n]`, f32 activations.
+fn nbits_graph(m: i64, k: i64, n: i64) -> Graph {
+    let block = 32i64;
+    let mut b = GraphBuilder::new("nbits");
+    let x = b.input("x", DType::F32, vec![Dim::known(m), Dim::known(k)]).unwrap();
+    let wb = vec![0u8; (n * (k / block) * (block / 2)) as usize];
+    let w = b
+        .graph
+        .add_initializer("w", Tensor::from_raw(Some("w".into()), DType::U8, vec![n, k / block, block / 2], wb.into()))
+        .unwrap();
+    let s = b.init_f32("s", &[n * (k / block)], &vec![0.01; (n * (k / block)) as usize]).unwrap();
+    let attrs = vec![
+        Attribute::int("K", k),
+        Attribute::int("N", n),
+        Attribute::int("bits", 4),
+        Attribute::int("block_size", block),
+    ];
+    let y = b.op(Op::from_onnx("com.microsoft", "MatMulNBits"), &[x, w, s], attrs).unwrap();
+    b.output(y, "y", None).unwrap();
+    b.finish()
+}
+
+fn with_weight_pass(eff_stream: f64, resident_mb: f64, unpack_ns: f64, gemv_unpack_ns: f64) -> Target {
+    let mut t = Target::cpu();
+    t.weight_pass =
+        Some(optc_cost::WeightPass { eff_stream, resident_mb, resident_exp: 0.0, unpack_ns, gemv_unpack_ns });
+    t
+}
+
+#[test]
+fn weight_pass_adds_streaming_to_many_row_matmuls_only() {
+    let (k, n) = (1024i64, 1024i64);
+    let plain = Target::cpu();
+    let wp = with_weight_pass(0.2, 0.0, 0.0, 0.0);
+    let wbytes = (k * n * 4) as f64;
+    let stream_s = wbytes / (plain.mem_bw_gbs * 1e9 * 0.2);
+    // 16 rows: the pass over the weight adds to the multiply-accumulates.
+    let a = analyze(&matmul_graph(16, k, n), 21, &no_dims());
+    assert_eq!(a.nodes[0].weight_elems, (k * n) as f64);
+    let base = plain.node_time(&a.nodes[0]);
+    let with = wp.node_time(&a.nodes[0]);
+    assert!((with.compute_s - (base.compute_s + stream_s)).abs() < 1e-12, "{with:?} vs {base:?}");
+    assert!(with.time_s > base.time_s);
+    // One row (a GEMV): the roofline alone, the weight read once at the memory rate.
+    let g = analyze(&matmul_graph(1, k, n), 21, &no_dims());
+    assert_eq!(plain.node_time(&g.nodes[0]), wp.node_time(&g.nodes[0]));
+    // A MatMul of two activations has no constant weight and no pass.
+    let mut b = GraphBuilder::new("act");
+    let x = b.input("x", DType::F32, vec![Dim::known(16), Dim::known(k)]).unwrap();
+    let y = b.input("y", DType::F32, vec![Dim::known(k), Dim::known(n)]).unwrap();
+    let z = b.op(Op::MatMul, &[x, y], vec![]).unwrap();
+    b.output(z, "z", None).unwrap();
+    let act = analyze(&b.finish(), 21, &no_dims());
+    assert_eq!(act.nodes[0].weight_elems, 0.0);
+    assert_eq!(plain.node_time(&act.nodes[0]), wp.node_time(&act.nodes[0]));
+}
+
+#[test]
+fn resident_weights_take_no_streaming_pass() {
+    let (k, n) = (1024i64, 1024i64);
+    let wbytes = (k * n * 4) as f64;
+    let a = analyze(&matmul_graph(16, k, n), 21, &no_dims());
+    let c = &a.nodes[0];
+    let plain = Target::cpu().node_time(c);
+    // All of the graph's 4.2 MB of weights fit in 10 MB: no pass.
+    let fits = with_weight_pass(0.2, 10.0, 0.0, 0.0);
+    assert_eq!(fits.node_time_in(c, wbytes).time_s, plain.time_s);
+    // In a graph of 4x the weights (16.8 MB), 10 MB stays resident and the rest streams.
+    let share = 10e6 / (4.0 * wbytes);
+    let expect = (1.0 - share) * wbytes / (fits.mem_bw_gbs * 1e9 * 0.2);
+    let t = fits.node_time_in(c, 4.0 * wbytes);
+    assert!((t.compute_s - plain.compute_s - expect).abs() < 1e-12);
+    // A steeper fall: the share is squared.
+    let mut steep = fits.clone();
+    steep.weight_pass.as_mut().unwrap().resident_exp = 2.0;
+    let expect = (1.0 - share * share) * wbytes / (fits.mem_bw_gbs * 1e9 * 0.2);
+    let t = steep.node_time_in(c, 4.0 * wbytes);
+    assert!((t.compute_s - plain.compute_s - expect).abs() < 1e-12);
+    // `report` passes the graph's own weight bytes.
+    let r = estimate(&matmul_graph(16, k, n), 21, &fits, &no_dims());
+    assert_eq!(r.nodes[0].time_s, plain.time_s);
+}
+
+#[test]
+fn low_bit_matmuls_pay_an_unpack_per_weight_element() {
+    let (k, n) = (1024i64, 512i64);
+    let elems = (k * n) as f64;
+    let plain = Target::cpu();
+    let wp = with_weight_pass(0.2, 0.0, 0.1, 0.03);
+    // Many rows: the unpack adds to the float GEMM's compute.
+    let a = analyze(&nbits_graph(64, k, n), 21, &no_dims());
+    assert_eq!(a.nodes[0].weight_elems, elems);
+    let base = plain.node_time(&a.nodes[0]);
+    let with = wp.node_time(&a.nodes[0]);
+    assert!((with.compute_s - (base.compute_s + elems * 0.1e-9)).abs() < 1e-12);
+    // One row: the register-unpacking kernel sets a floor, here above the roofline.
+    let g = analyze(&nbits_graph(1, k, n), 21, &no_dims());
+    let base = plain.node_time(&g.nodes[0]);
+    let with = wp.node_time(&g.nodes[0]);
+    assert!(base.compute_s.max(base.memory_s) < elems * 0.03e-9);
+    assert!((with.time_s - (elems * 0.03e-9 + base.overhead_s)).abs() < 1e-12);
+    assert_eq!(with.bound, Bound::Compute);
+}

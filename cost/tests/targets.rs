@@ -96,3 +96,24 @@ fn bad_files_name_the_file_and_field() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn weight_pass_parses_and_is_checked() {
+    let base = Target::builtin_toml("cpu").unwrap();
+    let ok = format!("{base}\n[weight_pass]\neff_stream = 0.2\nresident_mb = 16\nunpack_ns = 0.1\n");
+    let t = Target::from_toml_str(&ok, "t.toml").unwrap();
+    let w = t.weight_pass.as_ref().unwrap();
+    assert_eq!(
+        (w.eff_stream, w.resident_mb, w.resident_exp, w.unpack_ns, w.gemv_unpack_ns),
+        (0.2, 16.0, 0.0, 0.1, 0.0)
+    );
+    // Round trip through TOML.
+    assert_eq!(Target::from_toml_str(&t.to_toml().unwrap(), "rt").unwrap(), t);
+    let bad = format!("{base}\n[weight_pass]\neff_stream = 1.5\n");
+    let e = Target::from_toml_str(&bad, "t.toml").unwrap_err().to_string();
+    assert!(e.contains("weight_pass.eff_stream"), "{e}");
+    let unknown = format!("{base}\n[weight_pass]\nstream = 0.2\n");
+    assert!(Target::from_toml_str(&unknown, "t.toml").is_err());
+    // The built-in targets leave it out.
+    assert!(Target::cpu().weight_pass.is_none());
+}
