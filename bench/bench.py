@@ -1735,7 +1735,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--big-reps", type=int, default=1)
     ap.add_argument("--eval-reps", type=int, default=5, help="timed inference runs per model and tool (eval)")
-    ap.add_argument("--life-budget", type=float, default=1.0,
+    ap.add_argument("--life-budget", type=float, default=2.0,
                     help="seconds of timed onnxruntime runs per model in the LIFE section (life)")
     ap.add_argument("--lat-budget", type=float, default=1.0,
                     help="optimise: seconds of onnxruntime runs per model variant per round (latency)")

@@ -273,23 +273,33 @@ def micro_models(seed: int):
     def unary(op, rows, width, s, domain=""):
         # One elementwise kernel whose per-element work is far from an Add's (transcendentals, row
         # reductions): its `op_efficiency` against the fitted roofline.
+        # Transpose: the attention layout change [1, rows, 16, width/16] -> [1, 16, rows, width/16].
         g = G(f"micro_{op.lower()}_{rows}x{width}", s)
-        x = g.input("x", [rows, width])
+        shape = [1, rows, 16, width // 16] if op == "Transpose" else [rows, width]
+        x = g.input("x", shape)
         ins = [x]
+        out_shape = shape
         if op == "BiasGelu":
             ins.append(g.const((g.rng.standard_normal(width) * 0.1).astype(np.float32), "bias"))
-        attrs = {"axis": -1} if op == "Softmax" else {}
+        if op == "LayerNormalization":
+            ins += [g.const(np.ones(width, np.float32), "gamma"), g.const(np.zeros(width, np.float32), "beta")]
+        attrs = {"axis": -1} if op in ("Softmax", "LayerNormalization") else {}
+        if op == "Transpose":
+            attrs = {"perm": [0, 2, 1, 3]}
+            out_shape = [1, 16, rows, width // 16]
         y = g.uid("y")
         g.nodes.append(g.h.make_node(op, ins, [y], name=g.uid(op), domain=domain, **attrs))
-        g.outputs.append(g.h.make_tensor_value_info(y, g.TP.FLOAT, [rows, width]))
+        g.outputs.append(g.h.make_tensor_value_info(y, g.TP.FLOAT, out_shape))
         gr = g.h.make_graph(g.nodes, g.name, g.inputs, g.outputs, g.inits)
         opsets = [g.h.make_opsetid("", OPSET)] + ([g.h.make_opsetid(domain, 1)] if domain else [])
         return g.h.make_model(gr, opset_imports=opsets, producer_name="optc-bench-life")
 
     # op_efficiency micro-benchmarks: kind "op:KEY", KEY as in the target's [op_efficiency]; 1M elements
-    # (8 MB of traffic: in the cpu target's cache).
+    # (8 MB of traffic: in the cpu target's cache). Besides the transcendentals and row reductions, the
+    # LayerNormalization kernel and the strided copy of an attention-layout Transpose.
     ms = "com.microsoft"
-    opeff = [("Erf", ""), ("Tanh", ""), ("Sigmoid", ""), ("Softmax", ""), ("Gelu", ms), ("BiasGelu", ms)]
+    opeff = [("Erf", ""), ("Tanh", ""), ("Sigmoid", ""), ("Softmax", ""), ("Gelu", ms), ("BiasGelu", ms),
+             ("LayerNormalization", ""), ("Transpose", "")]
     return [
         *[(f"micro_{op.lower()}_512x2048", f"op:{dom + '::' if dom else ''}{op}",
            (lambda op=op, dom=dom, i=i: unary(op, 512, 2048, seed + 110 + i, dom)))
@@ -594,12 +604,16 @@ def fit(micro: list[dict], base: dict) -> dict:
         return [n for n in nodes if n.get("weight_elems") and not is_nbits(n) and rows_of(n) >= 1.5
                 and n["precision"] in ("f32", "f16", "bf16")]
 
+    def footprint(nodes):
+        # Bytes one run touches, as cost::footprint: weights read and activations written.
+        return sum(n["weight_bytes"] + n.get("output_bytes", 0.0) for n in nodes)
+
     def stream_s_per_byte(nodes, eff_s, res_mb, res_exp):
         # Seconds per weight byte of the float weight pass, as cost::Target::node_time_in computes it: the graph's
         # weights beyond the resident share stream from memory.
         if eff_s <= 0:
             return 0.0
-        gw = max(1.0, sum(n["weight_bytes"] for n in nodes))
+        gw = max(1.0, footprint(nodes))
         r = min(1.0, res_mb * 1e6 / gw) ** (res_exp or 1.0) if res_mb > 0 else 0.0
         return (1.0 - r) / (bw * eff_s)
 
@@ -654,7 +668,7 @@ def fit(micro: list[dict], base: dict) -> dict:
             pts = []
             for m in wr:
                 wb = sum(n["weight_bytes"] for n in stream_nodes(m["nodes"]))
-                gw = sum(n["weight_bytes"] for n in m["nodes"]) / 1e6
+                gw = footprint(m["nodes"]) / 1e6
                 streamed = left(m) * bw * wp["eff_stream"] / max(1.0, wb)
                 pts.append((gw, min(1.0, max(0.0, 1.0 - streamed))))
             pts.sort()
@@ -1106,9 +1120,9 @@ def report_lines(res: dict, out_rel: str, cmd: str | None = None) -> list[str]:
           + (f"; the weight pass (`[weight_pass]`, see docs/TARGETS.md): a float weight not resident in the cache "
              f"streams through a matrix kernel with more than one row at **eff_stream = "
              f"{fr['weight_pass']['eff_stream']:.3f}** of the memory bandwidth, on top of its multiply-accumulates "
-             f"(from micro_wstream_16x4096x2, 134 MB); **resident_mb = {fr['weight_pass']['resident_mb']:.1f}** of a "
-             f"graph's weights stay in the cache between runs, the share falling as (resident_mb / W) ^ **"
-             f"{fr['weight_pass']['resident_exp']:.2f}** beyond (from the `wresident` micro-benchmarks, 16.8 and 33.6 MB); "
+             f"(from micro_wstream_16x4096x2, 134 MB); of a graph one run of which touches F MB "
+             f"(weights read, activations written), the share (**resident_mb = {fr['weight_pass']['resident_mb']:.1f}** "
+             f"/ F) ^ **{fr['weight_pass']['resident_exp']:.2f}** (at most 1) stays in the cache between runs (from the `wresident` micro-benchmarks, 16.8 and 33.6 MB); "
              f"MatMulNBits (4-bit, block 128) unpacks at **unpack_ns = {fr['weight_pass']['unpack_ns']:.3f}** ns per "
              f"weight element before the f32 GEMM (least squares over its 256- and 16-row micro-benchmarks), and its "
              f"one-row kernel takes **gemv_unpack_ns = {fr['weight_pass']['gemv_unpack_ns']:.3f}** ns per element"
@@ -1261,7 +1275,7 @@ def main() -> int:
     ap.add_argument("--models-dir", default=os.environ.get("OPTC_MODELS", os.path.expanduser("~/.cache/optc/models")))
     ap.add_argument("--out-dir", default=os.path.join(HERE, "out", "life"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--budget-s", type=float, default=1.0, help="timed runs per model: about this many seconds")
+    ap.add_argument("--budget-s", type=float, default=2.0, help="timed runs per model: about this many seconds")
     ap.add_argument("--rounds", type=int, default=5,
                     help="interleaved timing rounds over all models (each gets budget / rounds per round)")
     ap.add_argument("--report", default=None, help="also write a standalone markdown report here")

@@ -15,7 +15,7 @@ mod target;
 
 pub use analysis::{Analysis, Flag, NodeCost, Traffic, analyze, analyze_with};
 pub use llm::{LlmConfig, LlmConfigError, LlmMetrics, LlmProj, llm_metrics};
-pub use model::{Bound, CostError, NodeRow, NodeTime, OpSummary, Report, Totals, estimate, report};
+pub use model::{Bound, CostError, NodeRow, NodeTime, OpSummary, Report, Totals, estimate, footprint, report};
 pub use target::{Fallback, QuantPrefs, Target, TargetError, WeightFormat, WeightPass};
 
 use optc_ir::DType;

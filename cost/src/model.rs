@@ -100,10 +100,11 @@ impl Target {
         self.node_time_in(cost, cost.weight_bytes)
     }
 
-    /// [`Target::node_time`] for a node of a graph whose runs read `graph_weight_bytes` of
-    /// weights, which decides the share of them that stays in the cache for the target's
-    /// [`crate::WeightPass`] (when it has one).
-    pub fn node_time_in(&self, cost: &NodeCost, graph_weight_bytes: f64) -> NodeTime {
+    /// [`Target::node_time`] for a node of a graph one run of which touches `graph_bytes` (the
+    /// weights it reads and the activations it writes; see [`footprint`]), which decides the share
+    /// of the weights that stays in the cache for the target's [`crate::WeightPass`] (when it has
+    /// one).
+    pub fn node_time_in(&self, cost: &NodeCost, graph_bytes: f64) -> NodeTime {
         if cost.free {
             return NodeTime {
                 compute_s: 0.0,
@@ -128,7 +129,7 @@ impl Target {
         let mut t = roofline_with_memory(&figs, cost.ops / k, memory_s / k, p);
         t.fallback = !native && self.fallback.is_some();
         if native {
-            let pass_s = self.weight_pass_s(cost, p, graph_weight_bytes);
+            let pass_s = self.weight_pass_s(cost, p, graph_bytes);
             if pass_s != (0.0, 0.0) {
                 let (added, floor) = pass_s;
                 t.compute_s = (t.compute_s + added).max(floor);
@@ -147,7 +148,7 @@ impl Target {
 
     /// The weight pass of a matrix kernel ([`crate::WeightPass`]): seconds added to its compute
     /// time, and a floor under it.
-    fn weight_pass_s(&self, cost: &NodeCost, p: Precision, graph_weight_bytes: f64) -> (f64, f64) {
+    fn weight_pass_s(&self, cost: &NodeCost, p: Precision, graph_bytes: f64) -> (f64, f64) {
         let Some(w) = &self.weight_pass else { return (0.0, 0.0) };
         let elems = cost.weight_elems;
         if elems <= 0.0 || cost.ops <= 0.0 {
@@ -166,7 +167,7 @@ impl Target {
         // own (it overlaps the multiply-accumulates); the rest streams from memory.
         let resident = if w.resident_mb > 0.0 {
             let exp = if w.resident_exp > 0.0 { w.resident_exp } else { 1.0 };
-            (w.resident_mb * 1e6 / graph_weight_bytes.max(cost.weight_bytes).max(1.0)).min(1.0).powf(exp)
+            (w.resident_mb * 1e6 / graph_bytes.max(cost.weight_bytes).max(1.0)).min(1.0).powf(exp)
         } else {
             0.0
         };
@@ -223,6 +224,8 @@ pub struct NodeRow {
     pub weight_bytes: f64,
     /// Elements of a matrix kernel's constant weight (see [`NodeCost::weight_elems`]).
     pub weight_elems: f64,
+    /// Activation bytes the node writes.
+    pub output_bytes: f64,
     pub compute_s: f64,
     pub memory_s: f64,
     pub time_s: f64,
@@ -278,14 +281,21 @@ pub struct Report {
     pub unbound_dims: Vec<String>,
 }
 
+/// The bytes one run of a graph touches: the weights its nodes read plus the activations they
+/// write (each written once; a fused group's intermediates not at all). The cache holds both, so
+/// this, not the weights alone, decides how much of the weights stays resident between runs.
+pub fn footprint(analysis: &Analysis) -> f64 {
+    analysis.nodes.iter().map(|c| c.weight_bytes + c.outputs.iter().map(|t| t.bytes).sum::<f64>()).sum()
+}
+
 /// Costs an [`Analysis`] (possibly fused with [`Analysis::fuse`]) on `target`.
 pub fn report(analysis: &Analysis, target: &Target) -> Report {
     let mut totals = Totals::default();
     let mut nodes = Vec::with_capacity(analysis.nodes.len());
     let mut by_op: BTreeMap<&str, OpSummary> = BTreeMap::new();
-    let graph_weight_bytes: f64 = analysis.nodes.iter().map(|c| c.weight_bytes).sum();
+    let graph_bytes = footprint(analysis);
     for c in &analysis.nodes {
-        let t = target.node_time_in(c, graph_weight_bytes);
+        let t = target.node_time_in(c, graph_bytes);
         let bytes = c.bytes();
         totals.time_s += t.time_s;
         totals.ops += c.ops;
@@ -333,6 +343,7 @@ pub fn report(analysis: &Analysis, target: &Target) -> Report {
             bytes,
             weight_bytes: c.weight_bytes,
             weight_elems: c.weight_elems,
+            output_bytes: c.outputs.iter().map(|t| t.bytes).sum(),
             compute_s: t.compute_s,
             memory_s: t.memory_s,
             time_s: t.time_s,

@@ -137,10 +137,10 @@ pub struct WeightPass {
     /// Fraction of `mem_bw_gbs` at which a float weight that is not resident in the cache streams
     /// through a matrix kernel, added to its compute time. In (0, 1]; 0 = not modelled.
     pub eff_stream: f64,
-    /// Weight bytes of a graph (those one run reads) that stay in the cache from one run to the
-    /// next, in MB (10^6 B): of a graph with W MB of weights, the share
-    /// `min(1, resident_mb / W) ^ resident_exp` costs no pass. Usually less than `cache_mb`, which
-    /// activations and other processes share.
+    /// How much of a graph's weights stays in the cache from one run to the next, in MB (10^6 B):
+    /// of a graph one run of which touches F MB (weights read and activations written, see
+    /// [`crate::footprint`]), the share `min(1, resident_mb / F) ^ resident_exp` of the weights
+    /// costs no pass. Usually less than `cache_mb`, which other processes share.
     pub resident_mb: f64,
     /// How fast the resident share falls once a graph's weights outgrow `resident_mb`: 1 = in
     /// proportion; larger = faster, as when each run's pass over the weights evicts its own lines

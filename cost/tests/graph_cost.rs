@@ -596,9 +596,15 @@ fn resident_weights_take_no_streaming_pass() {
     let expect = (1.0 - share * share) * wbytes / (fits.mem_bw_gbs * 1e9 * 0.2);
     let t = steep.node_time_in(c, 4.0 * wbytes);
     assert!((t.compute_s - plain.compute_s - expect).abs() < 1e-12);
-    // `report` passes the graph's own weight bytes.
+    // `report` passes the graph's footprint: its weights and the activations it writes.
+    assert_eq!(optc_cost::footprint(&a), wbytes + (16 * n * 4) as f64);
     let r = estimate(&matmul_graph(16, k, n), 21, &fits, &no_dims());
     assert_eq!(r.nodes[0].time_s, plain.time_s);
+    let tight = with_weight_pass(0.2, 2.0, 0.0, 0.0);
+    let r = estimate(&matmul_graph(16, k, n), 21, &tight, &no_dims());
+    let share = 2e6 / optc_cost::footprint(&a);
+    let expect = (1.0 - share) * wbytes / (tight.mem_bw_gbs * 1e9 * 0.2);
+    assert!((r.nodes[0].compute_s - plain.compute_s - expect).abs() < 1e-12);
 }
 
 #[test]
