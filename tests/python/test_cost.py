@@ -162,7 +162,9 @@ def test_bench_life_writes_a_calibrated_target_optc_accepts(optc_bin, tmp_path: 
     assert r.returncode == 0, describe_run(r)
     fit = {"eff_compute": 0.17, "eff_memory": 0.32, "launch_overhead_us": 0.2, "cache_bw_gbs": 80.0,
            "skipnorm_efficiency": 0.035, "nbits_efficiency": 0.97,
-           "op_efficiency": {"Erf": 0.31, "com.microsoft::Gelu": 0.21, "Cos": 0.5}, "micro": []}
+           "op_efficiency": {"Erf": 0.31, "com.microsoft::Gelu": 0.21, "Cos": 0.5},
+           "weight_pass": {"eff_stream": 0.19, "resident_mb": 16.5, "resident_exp": 1.5, "unpack_ns": 0.1,
+                           "gemv_unpack_ns": 0.03}, "micro": []}
     path = tmp_path / "cpu-calibrated.toml"
     life.write_target(r.stdout, fit, str(path), "test machine")
     t = tomllib.loads(path.read_text())
@@ -170,6 +172,10 @@ def test_bench_life_writes_a_calibrated_target_optc_accepts(optc_bin, tmp_path: 
     assert (eff["Erf"], eff["com.microsoft::Gelu"], eff["Cos"]) == (0.31, 0.21, 0.5)
     assert eff["com.microsoft::MatMulNBits"] == 0.97 and eff["com.microsoft::SkipLayerNormalization"] == 0.035
     assert (t["eff_compute"], t["eff_memory"]) == (0.17, 0.32)
+    assert t["weight_pass"] == fit["weight_pass"]
+    # Written twice, the table is replaced, not repeated (TOML would reject a duplicate).
+    life.write_target(path.read_text(), fit, str(path), "test machine")
+    assert tomllib.loads(path.read_text())["weight_pass"] == fit["weight_pass"]
     m = tmp_path / "m.onnx"
     onnx.save(SYNTHETIC["gelu_erf"](), str(m))
     r = run_optc(optc_bin, ["cost", m, "--target", path, "--json"])
