@@ -144,7 +144,7 @@ pub struct WeightPass {
     pub resident_mb: f64,
     /// How fast the resident share falls once a graph's weights outgrow `resident_mb`: 1 = in
     /// proportion; larger = faster, as when each run's pass over the weights evicts its own lines
-    /// before they are read again. Measured: 16.8 MB of f32 weights stayed 97 % resident, 33.6 MB
+    /// before they are read again. In one bench run 16.8 MB of f32 weights stayed 97 % resident, 33.6 MB
     /// 32 % (exponent 1.6). Default 1 (0 is read as 1).
     #[serde(skip_serializing_if = "is_zero")]
     pub resident_exp: f64,
