@@ -629,7 +629,6 @@ def fit(micro: list[dict], base: dict) -> dict:
     ec, em, lo = base["eff_compute"], base["eff_memory"], lo0
     cache_bw = base.get("cache_bw_gbs", 0.0)
     wp = {"eff_stream": 0.0, "resident_mb": 0.0, "resident_exp": 1.0, "unpack_ns": 0.0, "gemv_unpack_ns": 0.0}
-    nbits_k = None
     for _ in range(20):
         def roof(nodes):
             return sum(max(n["ops"] / (ec * tops_of(n)), n["bytes"] / (em * bw)) for n in nodes)
@@ -720,7 +719,7 @@ def fit(micro: list[dict], base: dict) -> dict:
         t = max(1e-9, m["measured_ms"] * 1e-3 - launches(m["nodes"]) * lo)
         opeff[m["kind"][3:]] = min(10.0, max(1e-3, roof_t / t))
     res = {"eff_compute": ec, "eff_memory": em, "launch_overhead_us": lo * 1e6, "cache_bw_gbs": cache_bw,
-           "skipnorm_efficiency": skip_k, "nbits_efficiency": nbits_k, "op_efficiency": opeff,
+           "skipnorm_efficiency": skip_k, "op_efficiency": opeff,
            "weight_pass": wp, "micro": []}
     for m in micro:
         cached = m["kind"] in ("cache", "skipnorm") or m["kind"].startswith("op:")

@@ -127,22 +127,11 @@ impl Target {
         // A kernel the runtime implements below (or above) the device's usual efficiency.
         let k = if native { self.op_efficiency_of(&cost.op) } else { 1.0 };
         let mut t = roofline_with_memory(&figs, cost.ops / k, memory_s / k, p);
-        t.fallback = !native && self.fallback.is_some();
         if native {
-            let pass_s = self.weight_pass_s(cost, p, graph_bytes);
-            if pass_s != (0.0, 0.0) {
-                let (added, floor) = pass_s;
-                t.compute_s = (t.compute_s + added).max(floor);
-                t.time_s = t.compute_s.max(t.memory_s) + t.overhead_s;
-                t.bound = if t.overhead_s >= t.compute_s.max(t.memory_s) {
-                    Bound::Overhead
-                } else if t.compute_s >= t.memory_s {
-                    Bound::Compute
-                } else {
-                    Bound::Memory
-                };
-            }
+            let (added, floor) = self.weight_pass_s(cost, p, graph_bytes);
+            t = NodeTime::from_parts((t.compute_s + added).max(floor), t.memory_s, t.overhead_s);
         }
+        t.fallback = !native && self.fallback.is_some();
         t
     }
 
@@ -202,15 +191,28 @@ fn roofline_with_memory(f: &Figures<'_>, ops: f64, memory_s: f64, p: Precision) 
     } else {
         f64::INFINITY
     };
-    let overhead_s = f.launch_overhead_us * 1e-6;
-    let bound = if overhead_s >= compute_s.max(memory_s) {
-        Bound::Overhead
-    } else if compute_s >= memory_s {
-        Bound::Compute
-    } else {
-        Bound::Memory
-    };
-    NodeTime { compute_s, memory_s, overhead_s, time_s: compute_s.max(memory_s) + overhead_s, bound, fallback: false }
+    NodeTime::from_parts(compute_s, memory_s, f.launch_overhead_us * 1e-6)
+}
+
+impl NodeTime {
+    /// `max(compute, memory) + overhead`, bound by the largest term; not on the fallback.
+    fn from_parts(compute_s: f64, memory_s: f64, overhead_s: f64) -> NodeTime {
+        let bound = if overhead_s >= compute_s.max(memory_s) {
+            Bound::Overhead
+        } else if compute_s >= memory_s {
+            Bound::Compute
+        } else {
+            Bound::Memory
+        };
+        NodeTime {
+            compute_s,
+            memory_s,
+            overhead_s,
+            time_s: compute_s.max(memory_s) + overhead_s,
+            bound,
+            fallback: false,
+        }
+    }
 }
 
 /// One node of a [`Report`].

@@ -73,21 +73,18 @@ fn int4_weights_count_half_a_byte_plus_scales() {
     assert_eq!(mm.precision, Precision::F32);
 }
 
-#[test]
-fn matmulnbits_is_costed_from_its_attributes() {
-    let (m, k, n, block) = (8i64, 256i64, 128i64, 32i64);
+/// `x[m, k] @ MatMulNBits(4-bit, block)[k, n]`, activations and scales in `dtype` (zeros).
+fn nbits_graph(m: i64, k: i64, n: i64, block: i64, dtype: DType) -> Graph {
     let mut b = GraphBuilder::new("nbits");
-    let x = b.input("x", DType::F16, vec![Dim::known(m), Dim::known(k)]).unwrap();
+    let x = b.input("x", dtype, vec![Dim::known(m), Dim::known(k)]).unwrap();
     let wb = vec![0u8; (n * (k / block) * (block / 2)) as usize];
     let w = b
         .graph
         .add_initializer("w", Tensor::from_raw(Some("w".into()), DType::U8, vec![n, k / block, block / 2], wb.into()))
         .unwrap();
-    let sraw = vec![0u8; (n * (k / block) * 2) as usize];
-    let s = b
-        .graph
-        .add_initializer("s", Tensor::from_raw(Some("s".into()), DType::F16, vec![n * (k / block)], sraw.into()))
-        .unwrap();
+    let scales = n * (k / block);
+    let sraw = vec![0u8; dtype.storage_bytes(scales as u64).unwrap() as usize];
+    let s = b.graph.add_initializer("s", Tensor::from_raw(Some("s".into()), dtype, vec![scales], sraw.into())).unwrap();
     let attrs = vec![
         Attribute::int("K", k),
         Attribute::int("N", n),
@@ -96,7 +93,13 @@ fn matmulnbits_is_costed_from_its_attributes() {
     ];
     let y = b.op(Op::from_onnx("com.microsoft", "MatMulNBits"), &[x, w, s], attrs).unwrap();
     b.output(y, "y", None).unwrap();
-    let a = analyze(&b.finish(), 21, &no_dims());
+    b.finish()
+}
+
+#[test]
+fn matmulnbits_is_costed_from_its_attributes() {
+    let (m, k, n, block) = (8i64, 256i64, 128i64, 32i64);
+    let a = analyze(&nbits_graph(m, k, n, block, DType::F16), 21, &no_dims());
     let c = &a.nodes[0];
     assert_eq!(c.op, "com.microsoft::MatMulNBits");
     assert_eq!(c.ops, 2.0 * (m * k * n) as f64);
@@ -518,28 +521,6 @@ fn only_the_div_form_of_the_erf_gelu_is_one_kernel() {
     assert!(groups(false).is_empty(), "x * (1/sqrt 2) is not matched by the runtime");
 }
 
-/// `x[m, k] @ MatMulNBits(4-bit, block 32)[k, n]`, f32 activations.
-fn nbits_graph(m: i64, k: i64, n: i64) -> Graph {
-    let block = 32i64;
-    let mut b = GraphBuilder::new("nbits");
-    let x = b.input("x", DType::F32, vec![Dim::known(m), Dim::known(k)]).unwrap();
-    let wb = vec![0u8; (n * (k / block) * (block / 2)) as usize];
-    let w = b
-        .graph
-        .add_initializer("w", Tensor::from_raw(Some("w".into()), DType::U8, vec![n, k / block, block / 2], wb.into()))
-        .unwrap();
-    let s = b.init_f32("s", &[n * (k / block)], &vec![0.01; (n * (k / block)) as usize]).unwrap();
-    let attrs = vec![
-        Attribute::int("K", k),
-        Attribute::int("N", n),
-        Attribute::int("bits", 4),
-        Attribute::int("block_size", block),
-    ];
-    let y = b.op(Op::from_onnx("com.microsoft", "MatMulNBits"), &[x, w, s], attrs).unwrap();
-    b.output(y, "y", None).unwrap();
-    b.finish()
-}
-
 fn with_weight_pass(eff_stream: f64, resident_mb: f64, unpack_ns: f64, gemv_unpack_ns: f64) -> Target {
     let mut t = Target::cpu();
     t.weight_pass =
@@ -614,13 +595,13 @@ fn low_bit_matmuls_pay_an_unpack_per_weight_element() {
     let plain = Target::cpu();
     let wp = with_weight_pass(0.2, 0.0, 0.1, 0.03);
     // Many rows: the unpack adds to the float GEMM's compute.
-    let a = analyze(&nbits_graph(64, k, n), 21, &no_dims());
+    let a = analyze(&nbits_graph(64, k, n, 32, DType::F32), 21, &no_dims());
     assert_eq!(a.nodes[0].weight_elems, elems);
     let base = plain.node_time(&a.nodes[0]);
     let with = wp.node_time(&a.nodes[0]);
     assert!((with.compute_s - (base.compute_s + elems * 0.1e-9)).abs() < 1e-12);
     // One row: the register-unpacking kernel sets a floor, here above the roofline.
-    let g = analyze(&nbits_graph(1, k, n), 21, &no_dims());
+    let g = analyze(&nbits_graph(1, k, n, 32, DType::F32), 21, &no_dims());
     let base = plain.node_time(&g.nodes[0]);
     let with = wp.node_time(&g.nodes[0]);
     assert!(base.compute_s.max(base.memory_s) < elems * 0.03e-9);
